@@ -1,0 +1,1 @@
+"""Hand-tuned operators and the named classical methods built from them."""

@@ -1,0 +1,1 @@
+"""Learned operators and networks (trainable twins of the classical operators)."""

@@ -1,0 +1,45 @@
+"""The energy an unrolled solver minimises: a data term plus a weighted smoothness term."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from unroll.operators import AbstractDataTerm, AbstractSmoothness, Evidence
+
+
+class Energy(nnx.Module):
+    """``E(w) = sum_p data(w_p) + smoothness(w)`` (the smoothness carries its own weight).
+
+    Args:
+        data: the data term.
+        smoothness: the regulariser, or None for a purely local energy (Lucas-Kanade).
+    """
+
+    def __init__(self, data: AbstractDataTerm, smoothness: AbstractSmoothness | None = None):
+        self.data = data
+        self.smoothness = smoothness
+
+    def linearize(self, features1, features2_warped, valid, flow0) -> Evidence:
+        """Evidence for both terms: the data term's and frame 1's features (see AbstractDataTerm)."""
+        return {"data": self.data.linearize(features1, features2_warped, valid, flow0), "image": features1}
+
+    def value(self, evidence: Evidence, flow: jax.Array) -> jax.Array:
+        """Scalar energy of ``flow`` ``(h, w, 2)``."""
+        total = jnp.sum(self.data.energy(evidence["data"], flow))
+        if self.smoothness is not None:
+            total = total + self.smoothness.energy(flow, evidence["image"])
+        return total
+
+    def gradient(self, evidence: Evidence, flow: jax.Array) -> jax.Array:
+        """``(h, w, 2)`` gradient of ``value`` with respect to the flow."""
+        return jax.grad(lambda f: self.value(evidence, f))(flow)
+
+    def curvature(self, evidence: Evidence, flow: jax.Array) -> jax.Array:
+        """``(h, w, 2, 2)`` block-diagonal majoriser of the Hessian."""
+        block = self.data.curvature(evidence["data"], flow)
+        if self.smoothness is not None:
+            diag = self.smoothness.curvature(flow, evidence["image"])
+            block = block + diag[..., :, None] * jnp.eye(2, dtype=flow.dtype)
+        return block

@@ -1,0 +1,118 @@
+"""How gradients flow through the unrolled iterations: an object, not a hard-wired choice.
+
+Each mode runs ``flow_{i+1} = step(flow_i, i)`` for a fixed number of iterations with
+``jax.lax.scan`` and decides what the backward pass sees:
+
+* ``Unrolled``: differentiate through every iteration (optionally rematerialised, so memory is
+  bounded by one iteration's activations instead of all of them).
+* ``Truncated``: stop the gradient between iterations, as RAFT does; each step is differentiated
+  with respect to its parameters but not through the flow it started from.
+* ``Implicit``: differentiate the fixed point ``grad E(w*) = 0`` by the implicit function theorem,
+  solving the adjoint system with conjugate gradients (valid where the energy has a unique
+  minimiser, e.g. the quadratic Horn-Schunck energy). Memory is independent of the iteration count.
+"""
+
+from __future__ import annotations
+
+import abc
+import functools
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+StepFn = Callable[[jax.Array, jax.Array], jax.Array]
+
+
+def _scan(body: StepFn, flow0: jax.Array, num_iters: int, keep_trajectory: bool):
+    def scan_body(flow, i):
+        new = body(flow, i)
+        return new, (new if keep_trajectory else None)
+
+    flow, trajectory = jax.lax.scan(scan_body, flow0, jnp.arange(num_iters))
+    return flow, trajectory
+
+
+def conjugate_gradient(matvec: Callable[[jax.Array], jax.Array], rhs: jax.Array, num_iters: int) -> jax.Array:
+    """``num_iters`` conjugate-gradient iterations on ``matvec(x) = rhs`` (symmetric positive definite)."""
+
+    def body(_, state):
+        x, r, p, rr = state
+        ap = matvec(p)
+        alpha = rr / jnp.maximum(jnp.vdot(p, ap), jnp.finfo(rhs.dtype).tiny)
+        x, r = x + alpha * p, r - alpha * ap
+        rr_new = jnp.vdot(r, r)
+        return x, r, r + (rr_new / jnp.maximum(rr, jnp.finfo(rhs.dtype).tiny)) * p, rr_new
+
+    zero = jnp.zeros_like(rhs)
+    return jax.lax.fori_loop(0, num_iters, body, (zero, rhs, rhs, jnp.vdot(rhs, rhs)))[0]
+
+
+class AbstractGradientMode(nnx.Module):
+    """Runs the fixed iteration stack and chooses what its derivative is."""
+
+    @abc.abstractmethod
+    def __call__(self, step: StepFn, flow0: jax.Array, num_iters: int, keep_trajectory: bool,
+                 residual: Callable[[jax.Array], jax.Array]) -> tuple[jax.Array, jax.Array | None]:
+        """Return the final flow ``(h, w, 2)`` and, if asked, the ``(num_iters, h, w, 2)`` trajectory.
+
+        ``residual(flow)`` is the energy gradient, zero at the fixed point (used by ``Implicit``).
+        """
+
+
+class Unrolled(AbstractGradientMode):
+    """Backpropagate through every iteration; ``remat=True`` recomputes each one on the way back."""
+
+    def __init__(self, remat: bool = False):
+        self.remat = remat
+
+    def __call__(self, step, flow0, num_iters, keep_trajectory, residual):
+        body = jax.checkpoint(step) if self.remat else step
+        return _scan(body, flow0, num_iters, keep_trajectory)
+
+
+class Truncated(AbstractGradientMode):
+    """Stop the gradient of the flow between iterations (RAFT's ``coords1.detach()``)."""
+
+    def __call__(self, step, flow0, num_iters, keep_trajectory, residual):
+        return _scan(lambda flow, i: step(jax.lax.stop_gradient(flow), i), flow0, num_iters, keep_trajectory)
+
+
+class Implicit(AbstractGradientMode):
+    """Implicit differentiation of the fixed point; the trajectory carries no gradient.
+
+    Args:
+        adjoint_iters: conjugate-gradient iterations for the adjoint system ``H lambda = v``.
+    """
+
+    def __init__(self, adjoint_iters: int = 200):
+        self.adjoint_iters = adjoint_iters
+
+    def __call__(self, step, flow0, num_iters, keep_trajectory, residual):
+        flow, trajectory = jax.lax.stop_gradient(_scan(step, flow0, num_iters, keep_trajectory))
+        residual_fn, consts = jax.closure_convert(residual, flow)
+        return _fixed_point(residual_fn, self.adjoint_iters, flow, *consts), trajectory
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1))
+def _fixed_point(residual_fn, adjoint_iters, flow, *consts):
+    """Identity on the converged ``flow``; its derivative is the implicit function theorem's."""
+    return flow
+
+
+def _fixed_point_fwd(residual_fn, adjoint_iters, flow, *consts):
+    return flow, (flow, consts)
+
+
+def _fixed_point_bwd(residual_fn, adjoint_iters, saved, cotangent):
+    # At grad E(w*, theta) = 0: dw*/dtheta = -H^-1 d(grad E)/dtheta, so theta's cotangent is
+    # -(d(grad E)/dtheta)^T lambda with H lambda = cotangent (H, the Hessian, is symmetric).
+    flow, consts = saved
+    hvp = lambda v: jax.jvp(lambda w: residual_fn(w, *consts), (flow,), (v,))[1]
+    adjoint = conjugate_gradient(hvp, cotangent, adjoint_iters)
+    _, vjp = jax.vjp(lambda *c: residual_fn(flow, *c), *consts)
+    return (jnp.zeros_like(flow), *(-g for g in vjp(adjoint)))
+
+
+_fixed_point.defvjp(_fixed_point_fwd, _fixed_point_bwd)

@@ -1,0 +1,91 @@
+"""The operator interfaces of the unrolled solver.
+
+An energy is a data term plus a weighted smoothness term; the solver minimises it by repeating
+a step operator a fixed number of times; coarse-to-fine adds a pyramid prefilter and a warp.
+Each interface is an abstract Flax NNX module with one job. A hand-tuned operator holds plain
+numbers; a learned one holds ``nnx.Param``; the solver cannot tell them apart.
+
+Flow convention, everywhere: ``flow[..., 0] = u``, ``flow[..., 1] = v`` in pixels; pixel
+``(x, y)`` of frame 1 moves to ``(x + u, y + v)`` in frame 2.
+"""
+
+from __future__ import annotations
+
+import abc
+from typing import Any
+
+import jax
+from flax import nnx
+
+#: Whatever a data term precomputes from the frames at a linearisation point (a pytree).
+Evidence = Any
+
+
+class AbstractDataTerm(nnx.Module):
+    """How well a flow explains frame 2 given frame 1: a per-pixel energy density."""
+
+    def features(self, frame: jax.Array) -> jax.Array:
+        """Map a frame ``(h, w, c)`` to the ``(h, w, c')`` features compared across frames."""
+        return frame
+
+    @abc.abstractmethod
+    def linearize(self, features1: jax.Array, features2_warped: jax.Array, valid: jax.Array,
+                  flow0: jax.Array) -> Evidence:
+        """Precompute what ``energy`` needs around the flow ``flow0`` ``(h, w, 2)``.
+
+        Args:
+            features1: ``(h, w, c)`` features of frame 1.
+            features2_warped: ``(h, w, c)`` features of frame 2 sampled at ``x + flow0``.
+            valid: ``(h, w)`` bool, False where that sample left frame 2.
+            flow0: ``(h, w, 2)`` the linearisation point.
+        """
+
+    @abc.abstractmethod
+    def energy(self, evidence: Evidence, flow: jax.Array) -> jax.Array:
+        """``(h, w)`` energy density of ``flow`` ``(h, w, 2)``; pixel p depends on ``flow[p]`` only."""
+
+    @abc.abstractmethod
+    def curvature(self, evidence: Evidence, flow: jax.Array) -> jax.Array:
+        """``(h, w, 2, 2)`` positive semi-definite majoriser of the per-pixel Hessian of ``energy``
+        (Gauss-Newton / iteratively-reweighted least squares)."""
+
+
+class AbstractSmoothness(nnx.Module):
+    """The weighted regulariser: how implausible a flow field is on its own."""
+
+    @abc.abstractmethod
+    def energy(self, flow: jax.Array, image: jax.Array) -> jax.Array:
+        """Scalar energy of ``flow`` ``(h, w, 2)``; ``image`` ``(h, w, c)`` is frame 1 at this level
+        (for image-conditioned regularisers)."""
+
+    @abc.abstractmethod
+    def curvature(self, flow: jax.Array, image: jax.Array) -> jax.Array:
+        """``(h, w, 2)`` diagonal majoriser of the Hessian (reweighted neighbour weights)."""
+
+
+class AbstractStep(nnx.Module):
+    """One update of the flow: gradient step, preconditioned step, or a learned update."""
+
+    @abc.abstractmethod
+    def __call__(self, energy: "Energy", evidence: Evidence, flow: jax.Array,
+                 iteration: jax.Array) -> jax.Array:
+        """Return the next flow ``(h, w, 2)``; ``iteration`` is the scalar index in the stack."""
+
+
+class AbstractPrefilter(nnx.Module):
+    """The blur applied when building an image pyramid."""
+
+    @abc.abstractmethod
+    def __call__(self, image: jax.Array, level: int) -> jax.Array:
+        """Filter ``image`` ``(h, w, c)``. ``level == 0`` smooths the input frame; ``level == k > 0``
+        smooths level ``k - 1`` before it is resampled to level ``k``."""
+
+
+class AbstractWarp(nnx.Module):
+    """Backward warping: sample frame 2 (or its features) where the flow says frame-1 pixels went."""
+
+    @abc.abstractmethod
+    def __call__(self, image: jax.Array, flow: jax.Array) -> tuple[jax.Array, jax.Array]:
+        """Return ``image`` ``(h, w, c)`` sampled at ``x + flow`` ``(h, w, 2)``, and an ``(h, w)``
+        bool mask that is False where the sample fell outside the image."""
+

@@ -1,0 +1,143 @@
+"""The unrolled solver and its coarse-to-fine driver.
+
+``UnrolledSolver`` lays out a fixed number of step-operator iterations on one energy (one
+pyramid level, one linearisation). ``CoarseToFine`` runs it over an image pyramid, warping
+frame 2 by the current flow before each linearisation. Both are Flax NNX modules whose numbers
+are whatever their operators hold, so the same code is a classical method or a network.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from unroll import image_ops
+from unroll.energy import Energy
+from unroll.gradients import AbstractGradientMode, Unrolled
+from unroll.operators import AbstractPrefilter, AbstractStep, AbstractWarp, Evidence
+
+
+class Solution(NamedTuple):
+    """Result of a solve.
+
+    Attributes:
+        flow: ``(h, w, 2)`` final flow.
+        trajectory: ``(n, h, w, 2)`` the flow after each iteration of the last (finest-level) stack,
+            or None when the solver was built with ``keep_trajectory=False``.
+    """
+
+    flow: jax.Array
+    trajectory: jax.Array | None
+
+
+class UnrolledSolver(nnx.Module):
+    """``num_iters`` applications of ``step`` to ``energy``, as one ``jax.lax.scan``.
+
+    Args:
+        energy: the energy to minimise.
+        step: the update operator.
+        num_iters: iterations per solve (a static number: the stack is fixed).
+        gradient: how the backward pass treats the stack (default: full unrolling).
+        keep_trajectory: also return every intermediate flow (for sequence losses).
+    """
+
+    def __init__(self, energy: Energy, step: AbstractStep, num_iters: int,
+                 gradient: AbstractGradientMode | None = None, keep_trajectory: bool = False):
+        self.energy = energy
+        self.step = step
+        self.num_iters = num_iters
+        self.gradient = gradient if gradient is not None else Unrolled()
+        self.keep_trajectory = keep_trajectory
+
+    def __call__(self, evidence: Evidence, flow0: jax.Array, num_iters: int | None = None) -> Solution:
+        """Iterate from ``flow0`` ``(h, w, 2)`` on precomputed ``evidence`` (see ``Energy.linearize``)."""
+        flow, trajectory = self.gradient(
+            lambda flow, i: self.step(self.energy, evidence, flow, i),
+            flow0,
+            self.num_iters if num_iters is None else num_iters,
+            self.keep_trajectory,
+            lambda flow: self.energy.gradient(evidence, flow),
+        )
+        return Solution(flow, trajectory)
+
+
+def resize_flow(flow: jax.Array, size: tuple[int, int]) -> jax.Array:
+    """Resample a flow ``(h, w, 2)`` to ``size`` and rescale its vectors to the new pixel units."""
+    h, w = flow.shape[:2]
+    scale = jnp.array([size[1] / w, size[0] / h], dtype=flow.dtype)
+    return image_ops.resize_bilinear(flow, size) * scale
+
+
+class CoarseToFine(nnx.Module):
+    """Coarse-to-fine estimation with warping, around an ``UnrolledSolver``.
+
+    Level 0 is the input resolution; level ``k`` is ``scale**k`` times smaller. On each level,
+    from the coarsest, it ``warps`` times: warps frame-2 features by the current flow,
+    linearises the energy there, runs the solver, and optionally median-filters the flow
+    (Sun, Roth & Black, "Secrets of optical flow estimation", CVPR 2010). The flow is then
+    upsampled to the next finer level. With ``num_levels=1, warps=1`` it is a single-scale solve.
+
+    Args:
+        solver: the unrolled solver run at each linearisation.
+        prefilter: pyramid blur (see ``AbstractPrefilter``).
+        warp: backward warp of frame-2 features.
+        num_levels: the most pyramid levels; fewer are used where an image would get smaller
+            than ``min_size`` pixels.
+        scale: size ratio between consecutive levels, in (0, 1).
+        warps: linearisations per level.
+        level_iters: solver iterations per linearisation for each level, finest first; levels
+            beyond the tuple (or all, when empty) use ``solver.num_iters``.
+        median_size: side of the median filter applied after each warp (0 = none).
+        min_size: smallest pyramid image side, in pixels.
+    """
+
+    def __init__(self, solver: UnrolledSolver, prefilter: AbstractPrefilter, warp: AbstractWarp,
+                 num_levels: int = 1, scale: float = 0.5, warps: int = 1, level_iters: tuple[int, ...] = (),
+                 median_size: int = 0, min_size: int = 16):
+        if not 0.0 < scale < 1.0:
+            raise ValueError(f"scale must lie in (0, 1), got {scale}")
+        self.solver = solver
+        self.prefilter = prefilter
+        self.warp = warp
+        self.num_levels = num_levels
+        self.scale = scale
+        self.warps = warps
+        self.level_iters = tuple(level_iters)
+        self.median_size = median_size
+        self.min_size = min_size
+
+    def pyramid(self, frame: jax.Array) -> list[jax.Array]:
+        """Prefiltered pyramid of ``frame`` ``(h, w, c)``, finest first."""
+        sizes = image_ops.level_sizes(frame.shape[:2], self.scale, self.num_levels, self.min_size)
+        levels = [self.prefilter(frame, 0)]
+        for k, size in enumerate(sizes[1:], start=1):
+            levels.append(image_ops.resize_bilinear(self.prefilter(levels[-1], k), size))
+        return levels
+
+    def __call__(self, frame1: jax.Array, frame2: jax.Array, flow_init: jax.Array | None = None) -> Solution:
+        """Flow ``(h, w, 2)`` from ``frame1`` to ``frame2`` (both ``(h, w, c)``), from ``flow_init``."""
+        data = self.solver.energy.data
+        pyramid1 = [data.features(level) for level in self.pyramid(frame1)]
+        pyramid2 = [data.features(level) for level in self.pyramid(frame2)]
+        coarsest = pyramid1[-1].shape[:2]
+        if flow_init is None:
+            flow = jnp.zeros(coarsest + (2,), frame1.dtype)
+        else:
+            flow = resize_flow(flow_init, coarsest)
+        solution = None
+        for level in reversed(range(len(pyramid1))):
+            features1, features2 = pyramid1[level], pyramid2[level]
+            if flow.shape[:2] != features1.shape[:2]:
+                flow = resize_flow(flow, features1.shape[:2])
+            iters = self.level_iters[level] if level < len(self.level_iters) else None
+            for _ in range(self.warps):
+                warped, valid = self.warp(features2, flow)
+                evidence = self.solver.energy.linearize(features1, warped, valid, flow)
+                solution = self.solver(evidence, flow, iters)
+                flow = solution.flow
+                if self.median_size > 1:
+                    flow = image_ops.median_filter(flow, self.median_size)
+        return Solution(flow, solution.trajectory)
