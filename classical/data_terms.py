@@ -33,6 +33,11 @@ def gradient_constancy_features(frame: jax.Array, gradient_weight: float) -> jax
     return jnp.concatenate([frame, gradient_weight * dx, gradient_weight * dy], axis=-1)
 
 
+def symmetric_2x2(xx, xy, yy):
+    """``(h, w, 2, 2)`` matrices ``[[xx, xy], [xy, yy]]`` from ``(h, w)`` entries."""
+    return jnp.stack([jnp.stack([xx, xy], -1), jnp.stack([xy, yy], -1)], -2)
+
+
 class BrightnessConstancy(AbstractDataTerm):
     """``0.5 * weight * sum_c psi(rho_c**2)`` at each pixel (Horn-Schunck, TV-L1, Classic-C).
 
@@ -67,12 +72,14 @@ class BrightnessConstancy(AbstractDataTerm):
         return 0.5 * self.weight * jnp.sum(self.penalty(self.residual(evidence, flow) ** 2), axis=-1)
 
     def curvature(self, evidence, flow):
-        w = self.weight * weight(self.penalty, self.residual(evidence, flow) ** 2)
+        return self.gradient_and_curvature(evidence, flow)[1]
+
+    def gradient_and_curvature(self, evidence, flow):
+        rho = self.residual(evidence, flow)
+        w = self.weight * weight(self.penalty, rho**2)
         ix, iy = evidence["ix"], evidence["iy"]
-        xx = jnp.sum(w * ix * ix, axis=-1)
-        xy = jnp.sum(w * ix * iy, axis=-1)
-        yy = jnp.sum(w * iy * iy, axis=-1)
-        return jnp.stack([jnp.stack([xx, xy], -1), jnp.stack([xy, yy], -1)], -2)
+        grad = jnp.stack([jnp.sum(w * rho * ix, -1), jnp.sum(w * rho * iy, -1)], -1)
+        return grad, symmetric_2x2(jnp.sum(w * ix * ix, -1), jnp.sum(w * ix * iy, -1), jnp.sum(w * iy * iy, -1))
 
 
 class WindowedBrightnessConstancy(AbstractDataTerm):
@@ -110,6 +117,12 @@ class WindowedBrightnessConstancy(AbstractDataTerm):
         return 0.5 * self.weight * jnp.sum(self.penalty(self.quadratic_form(evidence, flow)), axis=-1)
 
     def curvature(self, evidence, flow):
+        return self.gradient_and_curvature(evidence, flow)[1]
+
+    def gradient_and_curvature(self, evidence, flow):
         w = self.weight * weight(self.penalty, self.quadratic_form(evidence, flow))
-        xx, xy, yy = (jnp.sum(w * t, axis=-1) for t in jnp.moveaxis(evidence["tensor"][..., :3], -1, 0))
-        return jnp.stack([jnp.stack([xx, xy], -1), jnp.stack([xy, yy], -1)], -2)
+        d = flow - evidence["flow0"]
+        du, dv = d[..., :1], d[..., 1:]
+        xx, xy, yy, xt, yt, _ = jnp.moveaxis(evidence["tensor"], -1, 0)
+        grad = jnp.stack([jnp.sum(w * (xx * du + xy * dv + xt), -1), jnp.sum(w * (xy * du + yy * dv + yt), -1)], -1)
+        return grad, symmetric_2x2(jnp.sum(w * xx, -1), jnp.sum(w * xy, -1), jnp.sum(w * yy, -1))

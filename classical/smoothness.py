@@ -38,17 +38,46 @@ class PairwiseSmoothness(AbstractSmoothness):
         self.penalty = penalty if penalty is not None else Quadratic()
         self.stencil = stencil
 
+    def half_stencil(self):
+        """The stencil's offsets with ``(dy, dx) > (0, 0)``: each unordered pair once."""
+        return {o: w for o, w in STENCILS[self.stencil].items() if o > (0, 0)}
+
     def energy(self, flow: jax.Array, image: jax.Array) -> jax.Array:
         total = 0.0
-        for (dy, dx), w in STENCILS[self.stencil].items():
-            if (dy, dx) > (0, 0):  # each unordered pair once
-                diff = flow - image_ops.neighbour(flow, dy, dx)
-                total = total + w * jnp.sum(self.penalty(diff**2))
+        for (dy, dx), w in self.half_stencil().items():
+            total = total + w * jnp.sum(self.penalty(pair_differences(flow, dy, dx)[0] ** 2))
         return 0.5 * self.alpha**2 * total
 
     def curvature(self, flow: jax.Array, image: jax.Array) -> jax.Array:
-        total = 0.0
-        for (dy, dx), w in STENCILS[self.stencil].items():
-            diff = flow - image_ops.neighbour(flow, dy, dx)
-            total = total + w * weight(self.penalty, diff**2)
-        return self.alpha**2 * total
+        return self.gradient_and_curvature(flow, image)[1]
+
+    def gradient_and_curvature(self, flow: jax.Array, image: jax.Array) -> tuple[jax.Array, jax.Array]:
+        """One IRLS weight per pair serves both of its pixels, in the gradient and the curvature.
+
+        A neighbour outside the image counts as a pair with zero difference (Neumann), so it adds
+        ``w * psi'(0)`` to the curvature and nothing to the gradient.
+        """
+        h, w = flow.shape[:2]
+        outside = sum(wgt * ~image_ops.inside_mask((h, w), dy, dx) for (dy, dx), wgt in STENCILS[self.stencil].items())
+        grad = 0.0
+        curv = outside[..., None] * weight(self.penalty, jnp.zeros((), flow.dtype))
+        for (dy, dx), wgt in self.half_stencil().items():
+            diff, here, there = pair_differences(flow, dy, dx)
+            pair = wgt * weight(self.penalty, diff**2)
+            grad = grad + jnp.pad(pair * diff, here) - jnp.pad(pair * diff, there)
+            curv = curv + jnp.pad(pair, here) + jnp.pad(pair, there)
+        return self.alpha**2 * grad, self.alpha**2 * curv
+
+
+def pair_differences(flow: jax.Array, dy: int, dx: int):
+    """Differences ``flow[p] - flow[p + (dy, dx)]`` over the pixels p whose neighbour is inside.
+
+    Requires ``dy >= 0``. Returns the differences and the two ``jnp.pad`` widths that put a
+    per-pair array back on the full grid at p and at ``p + (dy, dx)``.
+    """
+    h, w = flow.shape[:2]
+    x0, x1 = max(0, -dx), w - max(0, dx)
+    diff = flow[: h - dy, x0:x1] - flow[dy:, x0 + dx : x1 + dx]
+    here = ((0, dy), (x0, w - x1), (0, 0))
+    there = ((dy, 0), (x0 + dx, w - x1 - dx), (0, 0))
+    return diff, here, there

@@ -19,8 +19,8 @@ def solve_2x2(block: jax.Array, rhs: jax.Array) -> jax.Array:
 
 def newton_increment(energy, evidence, flow: jax.Array, damping: float) -> jax.Array:
     """``(P(w) + damping I)^-1 grad E(w)`` ``(h, w, 2)`` with P the energy's 2x2 curvature blocks."""
-    block = energy.curvature(evidence, flow) + damping * jnp.eye(2, dtype=flow.dtype)
-    return solve_2x2(block, energy.gradient(evidence, flow))
+    grad, block = energy.gradient_and_curvature(evidence, flow)
+    return solve_2x2(block + damping * jnp.eye(2, dtype=flow.dtype), grad)
 
 
 class GradientStep(AbstractStep):

@@ -40,6 +40,18 @@ class Energy(nnx.Module):
         """``(h, w, 2, 2)`` block-diagonal majoriser of the Hessian."""
         block = self.data.curvature(evidence["data"], flow)
         if self.smoothness is not None:
-            diag = self.smoothness.curvature(flow, evidence["image"])
-            block = block + diag[..., :, None] * jnp.eye(2, dtype=flow.dtype)
+            block = block + _diagonal(self.smoothness.curvature(flow, evidence["image"]))
         return block
+
+    def gradient_and_curvature(self, evidence: Evidence, flow: jax.Array) -> tuple[jax.Array, jax.Array]:
+        """``gradient`` and ``curvature`` together, sharing the terms' reweighting work."""
+        grad, block = self.data.gradient_and_curvature(evidence["data"], flow)
+        if self.smoothness is not None:
+            smooth_grad, diag = self.smoothness.gradient_and_curvature(flow, evidence["image"])
+            grad, block = grad + smooth_grad, block + _diagonal(diag)
+        return grad, block
+
+
+def _diagonal(diag: jax.Array) -> jax.Array:
+    """``(..., 2)`` -> ``(..., 2, 2)`` diagonal matrices."""
+    return diag[..., :, None] * jnp.eye(2, dtype=diag.dtype)

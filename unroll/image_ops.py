@@ -63,6 +63,13 @@ def inside_mask(shape: tuple[int, int], dy: int, dx: int) -> np.ndarray:
     return (ys >= 0) & (ys < h) & (xs >= 0) & (xs < w)
 
 
+def shift(x: jnp.ndarray, dy: int, dx: int) -> jnp.ndarray:
+    """Value of ``x`` ``(h, w, ...)`` at ``(y + dy, x + dx)``; zero outside the image."""
+    h, w = x.shape[:2]
+    pad = [(max(-dy, 0), max(dy, 0)), (max(-dx, 0), max(dx, 0))] + [(0, 0)] * (x.ndim - 2)
+    return jnp.pad(x, pad)[max(dy, 0) : max(dy, 0) + h, max(dx, 0) : max(dx, 0) + w]
+
+
 def neighbour(x: jnp.ndarray, dy: int, dx: int) -> jnp.ndarray:
     """Value of ``x`` at ``(y + dy, x + dx)``; outside the image the pixel's own value.
 
@@ -70,10 +77,8 @@ def neighbour(x: jnp.ndarray, dy: int, dx: int) -> jnp.ndarray:
     boundary condition of the classical variational methods.
     """
     h, w = x.shape[:2]
-    pad = [(max(-dy, 0), max(dy, 0)), (max(-dx, 0), max(dx, 0))] + [(0, 0)] * (x.ndim - 2)
-    shifted = jnp.pad(x, pad)[max(dy, 0) : max(dy, 0) + h, max(dx, 0) : max(dx, 0) + w]
     mask = inside_mask((h, w), dy, dx).reshape((h, w) + (1,) * (x.ndim - 2))
-    return jnp.where(mask, shifted, x)
+    return jnp.where(mask, shift(x, dy, dx), x)
 
 
 def sample_bilinear(image: jnp.ndarray, x: jnp.ndarray, y: jnp.ndarray) -> jnp.ndarray:

@@ -15,6 +15,7 @@ import abc
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 from flax import nnx
 
 #: Whatever a data term precomputes from the frames at a linearisation point (a pytree).
@@ -49,6 +50,11 @@ class AbstractDataTerm(nnx.Module):
         """``(h, w, 2, 2)`` positive semi-definite majoriser of the per-pixel Hessian of ``energy``
         (Gauss-Newton / iteratively-reweighted least squares)."""
 
+    def gradient_and_curvature(self, evidence: Evidence, flow: jax.Array) -> tuple[jax.Array, jax.Array]:
+        """``(h, w, 2)`` gradient of the summed energy and ``(h, w, 2, 2)`` curvature; override to
+        share work between the two (the default differentiates ``energy``)."""
+        return jax.grad(lambda f: jnp.sum(self.energy(evidence, f)))(flow), self.curvature(evidence, flow)
+
 
 class AbstractSmoothness(nnx.Module):
     """The weighted regulariser: how implausible a flow field is on its own."""
@@ -61,6 +67,11 @@ class AbstractSmoothness(nnx.Module):
     @abc.abstractmethod
     def curvature(self, flow: jax.Array, image: jax.Array) -> jax.Array:
         """``(h, w, 2)`` diagonal majoriser of the Hessian (reweighted neighbour weights)."""
+
+    def gradient_and_curvature(self, flow: jax.Array, image: jax.Array) -> tuple[jax.Array, jax.Array]:
+        """``(h, w, 2)`` gradient of ``energy`` and ``(h, w, 2)`` curvature; override to share work
+        between the two (the default differentiates ``energy``)."""
+        return jax.grad(lambda f: self.energy(f, image))(flow), self.curvature(flow, image)
 
 
 class AbstractStep(nnx.Module):

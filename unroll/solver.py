@@ -127,17 +127,27 @@ class CoarseToFine(nnx.Module):
             flow = jnp.zeros(coarsest + (2,), frame1.dtype)
         else:
             flow = resize_flow(flow_init, coarsest)
-        solution = None
+        trajectory = None
         for level in reversed(range(len(pyramid1))):
             features1, features2 = pyramid1[level], pyramid2[level]
             if flow.shape[:2] != features1.shape[:2]:
                 flow = resize_flow(flow, features1.shape[:2])
-            iters = self.level_iters[level] if level < len(self.level_iters) else None
-            for _ in range(self.warps):
-                warped, valid = self.warp(features2, flow)
-                evidence = self.solver.energy.linearize(features1, warped, valid, flow)
-                solution = self.solver(evidence, flow, iters)
-                flow = solution.flow
-                if self.median_size > 1:
-                    flow = image_ops.median_filter(flow, self.median_size)
-        return Solution(flow, solution.trajectory)
+            iters = self.level_iters[level] if level < len(self.level_iters) else self.solver.num_iters
+            flow, trajectory = self._refine(features1, features2, flow, iters)
+        return Solution(flow, trajectory)
+
+    def _refine(self, features1, features2, flow, iters):
+        """``warps`` rounds of warp, linearise, solve (and median-filter) on one level, as one loop."""
+
+        def one_warp(_, carry):
+            flow, _ = carry
+            warped, valid = self.warp(features2, flow)
+            evidence = self.solver.energy.linearize(features1, warped, valid, flow)
+            solution = self.solver(evidence, flow, iters)
+            flow = solution.flow
+            if self.median_size > 1:
+                flow = image_ops.median_filter(flow, self.median_size)
+            return flow, solution.trajectory
+
+        trajectory = jnp.zeros((iters,) + flow.shape, flow.dtype) if self.solver.keep_trajectory else None
+        return jax.lax.fori_loop(0, self.warps, one_warp, (flow, trajectory))
