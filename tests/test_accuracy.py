@@ -19,7 +19,7 @@ BOUNDS = {"tv-l1": 0.30, "horn-schunck": 0.45, "lucas-kanade": 0.65}
 @pytest.mark.parametrize("method", sorted(BOUNDS))
 def test_mean_epe_on_middlebury(method, shared_data, tmp_path):
     out = tmp_path / "eval.json"
-    assert main(["eval", "--method", method, "--data", str(shared_data), "--json", str(out)]) == 0
+    assert main(["--no-cache", "eval", "--method", method, "--data", str(shared_data), "--json", str(out)]) == 0
     result = json.loads(out.read_text())
     assert set(result["sequences"]) == {"RubberWhale", "Urban2"}
     assert result["mean"]["epe"] <= BOUNDS[method]

@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 
 from unroll.errors import InputError
-from unroll.images import check_frame_pair, decode_png, read_image, to_grey, write_image
+from unroll.images import check_frame_pair, read_image, to_grey, write_image
+from unroll.png import decode_png
 
 
 def _png16(samples: np.ndarray, colour_type: int) -> bytes:

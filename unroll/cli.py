@@ -27,7 +27,8 @@ from unroll.config import override, to_dict, to_json
 from unroll.errors import InputError
 from unroll.estimator import FlowEstimator
 from unroll.flow_io import read_flow, write_flow
-from unroll.images import atomic_write_bytes, read_image
+from unroll.files import atomic_write_bytes
+from unroll.images import read_image
 from unroll.methods import PRESETS, MethodConfig, build, preset
 from unroll.metrics import flow_metrics
 from unroll.visualize import write_flow_image

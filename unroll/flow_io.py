@@ -24,7 +24,8 @@ import struct
 import numpy as np
 
 from unroll.errors import InputError
-from unroll.images import _read_bytes, atomic_write_bytes, decode_png, encode_png, png_info
+from unroll.files import atomic_write_bytes, read_bytes
+from unroll.png import decode_png, encode_png, png_info
 from unroll.metrics import valid_mask
 
 __all__ = [
@@ -80,7 +81,7 @@ def read_flo(path: str | os.PathLike) -> np.ndarray:
             absurd size, or is truncated or has trailing bytes.
     """
     name = os.fspath(path)
-    data = _read_bytes(path, ".flo file")
+    data = read_bytes(path, ".flo file")
     if len(data) < _FLO_HEADER:
         raise InputError(f"{name}: truncated .flo file ({len(data)} bytes, header needs 12)")
     if data[:4] != FLO_MAGIC:
@@ -143,7 +144,7 @@ def read_kitti_flow(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
             16-bit RGB PNG.
     """
     name = os.fspath(path)
-    data = _read_bytes(path, "KITTI flow PNG")
+    data = read_bytes(path, "KITTI flow PNG")
     info = png_info(data, name)
     if info["bit_depth"] != 16 or info["colour_type"] != 2:
         kinds = {0: "grey", 2: "RGB", 3: "palette", 4: "grey+alpha", 6: "RGBA"}
@@ -230,7 +231,7 @@ def read_pfm(path: str | os.PathLike) -> np.ndarray:
             wrong number of bytes.
     """
     name = os.fspath(path)
-    data = _read_bytes(path, "PFM file")
+    data = read_bytes(path, "PFM file")
     m = _PFM_HEADER.match(data[:256])
     if m is None:
         raise InputError(f"{name}: not a PFM file (bad header {data[:20]!r})")

@@ -12,11 +12,14 @@ Flow convention, everywhere: ``flow[..., 0] = u``, ``flow[..., 1] = v`` in pixel
 from __future__ import annotations
 
 import abc
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
+
+if TYPE_CHECKING:
+    from unroll.energy import Energy
 
 #: Whatever a data term precomputes from the frames at a linearisation point (a pytree).
 Evidence = Any

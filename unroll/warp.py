@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import jax
-import jax.numpy as jnp
 
 from unroll import image_ops
 from unroll.operators import AbstractWarp
