@@ -52,3 +52,15 @@ def test_tv_recovers_translation(step):
     flow = est(i1[..., None], i2[..., None])
     interior = flow[8:-8, 8:-8]
     np.testing.assert_allclose(interior.mean(axis=(0, 1)), [-2.5, 1.5], atol=0.05)
+
+
+def test_colour_and_gradient_constancy_options_recover_translation():
+    i1, i2 = textured_pair(shape=(48, 64), shift=(1.5, -2.5))
+    j1, j2 = textured_pair(shape=(48, 64), shift=(1.5, -2.5), seed=7)
+    rgb1 = np.stack([i1, j1, 0.5 * (i1 + j1)], -1)
+    rgb2 = np.stack([i2, j2, 0.5 * (i2 + j2)], -1)
+    est = FlowEstimator(override(preset("tv-l1"), ["data.colour=true", "data.gradient_weight=2", "pyramid.levels=3"]))
+    assert est.prepare(rgb1).shape == (48, 64, 3)
+    assert est.model.solver.energy.data.features(est.prepare(rgb1)).shape == (48, 64, 9)
+    flow = est(rgb1, rgb2)
+    np.testing.assert_allclose(flow[8:-8, 8:-8].mean(axis=(0, 1)), [-2.5, 1.5], atol=0.05)
