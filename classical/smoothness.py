@@ -29,23 +29,37 @@ class PairwiseSmoothness(AbstractSmoothness):
         alpha: regularisation strength; the term is weighted by ``alpha**2``.
         penalty: ``psi``; quadratic by default.
         stencil: a key of ``STENCILS``.
+        edge_weights: optional module ``image (h, w, c) -> {offset: (h, w, 1)}`` that scales each
+            pair's weight by the value at its first pixel (image-conditioned, edge-aware
+            smoothness); None for uniform weights.
     """
 
-    def __init__(self, alpha: float, penalty=None, stencil: str = "horn-schunck"):
+    def __init__(self, alpha: float, penalty=None, stencil: str = "horn-schunck", edge_weights=None):
         if stencil not in STENCILS:
             raise ValueError(f"unknown stencil {stencil!r}; choose one of {sorted(STENCILS)}")
         self.alpha = alpha
         self.penalty = penalty if penalty is not None else Quadratic()
         self.stencil = stencil
+        self.edge_weights = edge_weights
 
-    def half_stencil(self):
-        """The stencil's offsets with ``(dy, dx) > (0, 0)``: each unordered pair once."""
-        return {o: w for o, w in STENCILS[self.stencil].items() if o > (0, 0)}
+    def pair_weights(self, flow: jax.Array, image: jax.Array):
+        """``[(offset, weight, diff, here, there)]`` for each half-stencil offset; ``weight`` is a
+        scalar or a per-pair ``(h', w', 1)`` array (see ``pair_differences`` for the rest)."""
+        maps = self.edge_weights(image) if self.edge_weights is not None else {}
+        h, w = flow.shape[:2]
+        pairs = []
+        for offset, wgt in half_stencil(self.stencil).items():
+            diff, here, there = pair_differences(flow, *offset)
+            if offset in maps:  # the map's values at each pair's first pixel
+                (top, bottom), (left, right), _ = here
+                wgt = wgt * maps[offset][top : h - bottom, left : w - right]
+            pairs.append((offset, wgt, diff, here, there))
+        return pairs
 
     def energy(self, flow: jax.Array, image: jax.Array) -> jax.Array:
         total = 0.0
-        for (dy, dx), w in self.half_stencil().items():
-            total = total + w * jnp.sum(self.penalty(pair_differences(flow, dy, dx)[0] ** 2))
+        for _, w, diff, _, _ in self.pair_weights(flow, image):
+            total = total + jnp.sum(w * self.penalty(diff**2))
         return 0.5 * self.alpha**2 * total
 
     def curvature(self, flow: jax.Array, image: jax.Array) -> jax.Array:
@@ -61,12 +75,16 @@ class PairwiseSmoothness(AbstractSmoothness):
         outside = sum(wgt * ~image_ops.inside_mask((h, w), dy, dx) for (dy, dx), wgt in STENCILS[self.stencil].items())
         grad = 0.0
         curv = outside[..., None] * weight(self.penalty, jnp.zeros((), flow.dtype))
-        for (dy, dx), wgt in self.half_stencil().items():
-            diff, here, there = pair_differences(flow, dy, dx)
+        for _, wgt, diff, here, there in self.pair_weights(flow, image):
             pair = wgt * weight(self.penalty, diff**2)
             grad = grad + jnp.pad(pair * diff, here) - jnp.pad(pair * diff, there)
             curv = curv + jnp.pad(pair, here) + jnp.pad(pair, there)
         return self.alpha**2 * grad, self.alpha**2 * curv
+
+
+def half_stencil(stencil: str) -> dict:
+    """The stencil's offsets with ``(dy, dx) > (0, 0)`` and their weights: each unordered pair once."""
+    return {o: w for o, w in STENCILS[stencil].items() if o > (0, 0)}
 
 
 def pair_differences(flow: jax.Array, dy: int, dx: int):

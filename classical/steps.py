@@ -29,8 +29,8 @@ class GradientStep(AbstractStep):
     def __init__(self, step_size: float):
         self.step_size = step_size
 
-    def __call__(self, energy, evidence, flow, iteration):
-        return flow - self.step_size * energy.gradient(evidence, flow)
+    def __call__(self, energy, evidence, flow, iteration, state):
+        return flow - self.step_size * energy.gradient(evidence, flow), state
 
 
 class BlockJacobiStep(AbstractStep):
@@ -48,8 +48,8 @@ class BlockJacobiStep(AbstractStep):
         self.relaxation = relaxation
         self.damping = damping
 
-    def __call__(self, energy, evidence, flow, iteration):
-        return flow - self.relaxation * newton_increment(energy, evidence, flow, self.damping)
+    def __call__(self, energy, evidence, flow, iteration, state):
+        return flow - self.relaxation * newton_increment(energy, evidence, flow, self.damping), state
 
 
 class RedBlackStep(AbstractStep):
@@ -65,10 +65,10 @@ class RedBlackStep(AbstractStep):
         self.relaxation = relaxation
         self.damping = damping
 
-    def __call__(self, energy, evidence, flow, iteration):
+    def __call__(self, energy, evidence, flow, iteration, state):
         h, w = flow.shape[:2]
         red = (np.add.outer(np.arange(h), np.arange(w)) % 2 == 0)[..., None]
         for colour in (red, ~red):
             increment = newton_increment(energy, evidence, flow, self.damping)
             flow = flow - jnp.where(colour, self.relaxation * increment, 0.0)
-        return flow
+        return flow, state

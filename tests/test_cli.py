@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -22,14 +23,18 @@ from jax.experimental.compilation_cache import compilation_cache as jax_cache
 from scipy import ndimage
 
 from unroll import compile_cache
-from unroll.cli import DESCRIPTIONS, find_sequences, main
+from unroll.cli import DESCRIPTIONS, POOLED, SPLIT_COLUMNS, main
+from unroll.data.datasets import find_sequences
 from unroll.config import override
+from unroll.data.datasets import FORMATS
 from unroll.errors import InputError
 from unroll.estimator import FlowEstimator
 from unroll.flow_io import read_flow, write_flow
 from unroll.images import read_image, write_image
 from unroll.methods import PRESETS, preset
 from unroll.metrics import flow_metrics
+
+from test_datasets import WRITERS
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SHAPE = (40, 56)
@@ -263,3 +268,123 @@ def test_compile_cache_persists_across_processes(frames, tmp_path):
     second = subprocess.run(command, cwd=REPO_ROOT, env=env, capture_output=True, text=True)
     assert second.returncode == 0, second.stderr
     assert sorted(os.listdir(cache)) == entries  # loaded from the cache, nothing compiled anew
+
+
+# --------------------------------------------------------------------------- #
+# unroll eval --format: the tiny data sets of tests/test_datasets.py
+# --------------------------------------------------------------------------- #
+
+TINY = ["--set", "pyramid.levels=1", "--set", "solver.num_iters=2"]
+_BASE_KEYS = {"epe", "aae", "px1", "px3", "px5", "fl_all", "time_s"}
+
+
+@pytest.fixture(scope="module")
+def formats(tmp_path_factory) -> dict[str, tuple[Path, dict]]:
+    """Per format: the folder of a tiny data set and what its samples hold, by sample name."""
+    root = tmp_path_factory.mktemp("formats")
+    written = {}
+    for name, writer in WRITERS.items():
+        (root / name).mkdir()
+        written[name] = (root / name, writer(root / name))
+    return written
+
+
+@pytest.fixture(scope="module")
+def tiny_estimator() -> FlowEstimator:
+    return FlowEstimator(override(preset("tv-l1"), TINY[1::2]))
+
+
+def _evaluated(fmt: str, expected: dict) -> dict:
+    """The samples ``unroll eval --format fmt`` reads by default: Chairs' validation split."""
+    if fmt == "chairs":
+        return {name: s for name, s in expected.items() if name in ("00002", "00004", "00005")}
+    return expected
+
+
+def _weights(fmt: str, key: str, sample: dict) -> int:
+    """How many pixels ``key`` of ``sample`` is measured on, as the benchmark pools them."""
+    valid = sample["valid"]
+    if key == "epe_occ":
+        return np.count_nonzero(valid & sample["occluded"] if fmt == "sintel" else valid & ~sample["noc_valid"])
+    if key == "epe_noc":
+        return np.count_nonzero(valid & ~sample["occluded"] if fmt == "sintel" else sample["noc_valid"])
+    return np.count_nonzero(valid)
+
+
+def test_pooled_covers_every_format():
+    assert set(POOLED) == set(FORMATS)
+
+
+@pytest.mark.parametrize("fmt", list(FORMATS))
+def test_eval_format(fmt, formats, tiny_estimator, tmp_path, capsys):
+    root, written = formats[fmt]
+    expected = _evaluated(fmt, written)
+    out = tmp_path / "results.json"
+    args = ["eval", "--data", str(root), "--json", str(out), *TINY]
+    assert main(args if fmt == "middlebury" else [*args, "--format", fmt]) == 0
+
+    results = json.loads(out.read_text())
+    rows = results["sequences"]
+    assert list(rows) == list(expected) and results["format"] == fmt
+    keys = _BASE_KEYS | (set(SPLIT_COLUMNS) if fmt in ("sintel", "kitti") else set())
+    assert all(set(row) == keys for row in rows.values()) and set(results["mean"]) == keys
+    for key in keys:
+        values = [row[key] for row in rows.values()]
+        if key in POOLED[fmt]:
+            weights = [_weights(fmt, key, s) for s in expected.values()]
+            assert results["mean"][key] == pytest.approx(np.dot(values, weights) / np.sum(weights))
+        else:
+            assert results["mean"][key] == pytest.approx(np.mean(values))
+
+    for name, sample in expected.items():  # the right frames, ground truth and masks were used
+        flow = tiny_estimator(sample["frame1"].astype(np.float32), sample["frame2"].astype(np.float32))
+        metrics = flow_metrics(flow, sample["flow"], sample["valid"])
+        for key in ("epe", "fl_all"):
+            assert rows[name][key] == pytest.approx(metrics[key], abs=1e-4)
+        if fmt in ("sintel", "kitti"):
+            occluded = sample["occluded"] if fmt == "sintel" else ~sample["noc_valid"]
+            assert rows[name]["epe_occ"] == pytest.approx(
+                flow_metrics(flow, sample["flow"], sample["valid"] & occluded)["epe"], abs=1e-4)
+            assert rows[name]["epe_noc"] == pytest.approx(
+                flow_metrics(flow, sample["flow"], sample["valid"] & ~occluded)["epe"], abs=1e-4)
+
+    if fmt == "kitti":  # its images differ in their number of valid pixels: pooling is not averaging
+        assert results["mean"]["fl_all"] != pytest.approx(np.mean([row["fl_all"] for row in rows.values()]))
+    table = capsys.readouterr().out
+    assert ("EPE noc" in table) == (fmt in ("sintel", "kitti")) and "mean" in table
+
+
+def test_eval_limit(formats, tmp_path, capsys):
+    out = tmp_path / "results.json"
+    assert main(["eval", "--data", str(formats["sintel"][0]), "--format", "sintel", "--limit", "2",
+                 "--json", str(out), *TINY]) == 0
+    assert list(json.loads(out.read_text())["sequences"]) == ["alley_1/frame_0001", "alley_1/frame_0002"]
+    assert "2 pairs in" in capsys.readouterr().err
+
+
+def test_eval_format_errors(formats, tmp_path, capsys):
+    _assert_error(capsys, main(["eval", "--data", str(tmp_path), "--format", "sintel"]),
+                  str(tmp_path / "training" / "clean"), "folder not found")
+    for bad in (["--format", "vkitti"], ["--limit", "0"]):
+        with pytest.raises(SystemExit) as exit_info:
+            main(["eval", "--data", str(tmp_path), *bad])
+        assert exit_info.value.code == 2
+        assert bad[1] in capsys.readouterr().err
+
+
+def test_eval_sample_without_occlusions(formats, tmp_path, capsys):
+    """EPE occ of a pair with no occluded pixel is null in the JSON, "-" in the table, left out of the mean."""
+    root = tmp_path / "sintel"
+    shutil.copytree(formats["sintel"][0], root)
+    write_image(root / "training" / "occlusions" / "alley_1" / "frame_0001.png", np.zeros((24, 32), np.uint8))
+    out = tmp_path / "results.json"
+    assert main(["eval", "--data", str(root), "--format", "sintel", "--json", str(out), *TINY]) == 0
+    results = json.loads(out.read_text())
+    rows = results["sequences"]
+    assert rows["alley_1/frame_0001"]["epe_occ"] is None
+    assert rows["alley_1/frame_0001"]["epe_noc"] == pytest.approx(rows["alley_1/frame_0001"]["epe"])
+    others = [name for name in rows if name != "alley_1/frame_0001"]
+    assert min(rows[name]["epe_occ"] for name in others) <= results["mean"]["epe_occ"]
+    assert results["mean"]["epe_occ"] <= max(rows[name]["epe_occ"] for name in others)
+    first_row = capsys.readouterr().out.splitlines()[1]
+    assert first_row.startswith("alley_1/frame_0001") and " - " in first_row

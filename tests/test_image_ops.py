@@ -100,3 +100,13 @@ def test_warp_by_integer_flow_and_validity_mask():
 def test_level_sizes():
     assert image_ops.level_sizes((480, 640), 0.5, 10, 16) == [(480, 640), (240, 320), (120, 160), (60, 80), (30, 40)]
     assert image_ops.level_sizes((480, 640), 0.5, 2, 16) == [(480, 640), (240, 320)]
+
+
+def test_median_gradient_selects_the_median_element():
+    values = [jnp.asarray(RNG.normal(size=(4, 5)).astype(np.float32)) for _ in range(9)]
+    grads = jax.grad(lambda vs: jnp.sum(selection.median(vs) * jnp.arange(20.0).reshape(4, 5)))(values)
+    stacked, g = np.stack(values), np.stack(grads)
+    chosen = np.argsort(stacked, axis=0)[4]  # index of the median (values are distinct)
+    expected = np.zeros_like(g)
+    np.put_along_axis(expected, chosen[None], np.arange(20.0).reshape(1, 4, 5), axis=0)
+    np.testing.assert_array_equal(g, expected)

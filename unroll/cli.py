@@ -15,7 +15,6 @@ import os
 import sys
 import textwrap
 import time
-from pathlib import Path
 
 import jax
 import numpy as np
@@ -24,13 +23,15 @@ from tqdm import tqdm
 
 from unroll import compile_cache
 from unroll.config import override, to_dict, to_json
+from unroll.data.datasets import (
+    FORMATS, FRAME1, FRAME2, GROUND_TRUTH, Sample, occlusion_split)
 from unroll.errors import InputError
 from unroll.estimator import FlowEstimator
-from unroll.flow_io import read_flow, write_flow
+from unroll.flow_io import write_flow
 from unroll.files import atomic_write_bytes
 from unroll.images import read_image
 from unroll.methods import PRESETS, MethodConfig, build, preset
-from unroll.metrics import flow_metrics
+from unroll.metrics import flow_metrics, valid_mask
 from unroll.visualize import write_flow_image
 
 #: One line per method, shown by ``unroll models``; every preset needs one.
@@ -43,36 +44,30 @@ DESCRIPTIONS: dict[str, str] = {
              "red-black SOR with warping and median filtering.",
 }
 
-#: Files of one sequence folder in the Middlebury layout.
-FRAME1, FRAME2, GROUND_TRUTH = "frame10.png", "frame11.png", "flow10.flo"
-
 #: Columns of ``unroll eval``: JSON key (a ``flow_metrics`` key, or ``time_s``) and table heading.
 COLUMNS = {"epe": "EPE", "aae": "AAE", "px1": "px1 %", "px3": "px3 %", "px5": "px5 %",
            "fl_all": "Fl-all %", "time_s": "time s"}
 _METRICS = [k for k in COLUMNS if k != "time_s"]
+#: Extra columns for data with occlusion masks (Sintel, KITTI): EPE on the pixels visible in both
+#: frames and on those occluded in frame 2.
+SPLIT_COLUMNS = {"epe_noc": "EPE noc", "epe_occ": "EPE occ"}
+
+#: Per ``--format``, the metrics whose mean pools the pixels of all samples, as the benchmark
+#: does; the others are averaged over the samples. Sintel: EPE all / matched / unmatched over
+#: every pixel of the set; KITTI (and HD1K, in its format): EPE per image, Fl-all over all valid
+#: pixels.
+_PERCENTAGES = ("px1", "px3", "px5", "fl_all")
+POOLED: dict[str, tuple[str, ...]] = {
+    "middlebury": (),
+    "sintel": ("epe", "aae", *_PERCENTAGES, *SPLIT_COLUMNS),
+    "kitti": _PERCENTAGES,
+    "chairs": (),
+    "things": (),
+    "hd1k": _PERCENTAGES,
+}
 
 _FLOW_EXTENSIONS = (".flo", ".png")
 _METHOD_HELP = f"method name, one of: {', '.join(PRESETS)} (default: %(default)s; see `unroll models`)"
-
-
-def find_sequences(root: str | os.PathLike) -> list[Path]:
-    """The Middlebury sequence folders at ``root``, sorted by name.
-
-    A sequence folder holds ``frame10.png`` (and ``frame11.png``, ``flow10.flo``). ``root`` is
-    either one such folder or a folder of them.
-
-    Raises:
-        InputError: If ``root`` is not a directory or holds no sequence folder.
-    """
-    root = Path(root)
-    if not root.is_dir():
-        raise InputError(f"{root}: data directory not found")
-    if (root / FRAME1).is_file():
-        return [root]
-    sequences = sorted(p for p in root.iterdir() if (p / FRAME1).is_file())
-    if not sequences:
-        raise InputError(f"{root}: no sequence folders found (each needs {FRAME1}, {FRAME2}, {GROUND_TRUTH})")
-    return sequences
 
 
 def count_params(config: MethodConfig) -> int:
@@ -124,37 +119,70 @@ def _flow(args) -> None:
           file=sys.stderr)
 
 
-def _table(rows: dict[str, dict[str, float]]) -> str:
+def _table(rows: dict[str, dict], columns: dict[str, str]) -> str:
     width = max(len("sequence"), *map(len, rows))
-    lines = [f"{'sequence':<{width}}" + "".join(f"{h:>10}" for h in COLUMNS.values())]
+    lines = [f"{'sequence':<{width}}" + "".join(f"{h:>10}" for h in columns.values())]
     for name, row in rows.items():
-        lines.append(f"{name:<{width}}" + "".join(f"{row[k]:>10.3f}" for k in COLUMNS))
+        lines.append(f"{name:<{width}}" + "".join(f"{'-':>10}" if row[k] is None else f"{row[k]:>10.3f}"
+                                                  for k in columns))
     return "\n".join(lines)
 
 
+def _sample_metrics(flow: np.ndarray, sample: Sample) -> tuple[dict, dict]:
+    """The metrics of one sample, and per metric the number of pixels it was measured on.
+
+    With occlusion masks, ``epe_noc`` and ``epe_occ`` too (``None`` where the sample has no such pixel).
+    """
+    metrics = flow_metrics(flow, sample.flow, sample.valid)
+    row = {k: metrics[k] for k in _METRICS}
+    counts = dict.fromkeys(row, metrics["n_valid"])
+    known = valid_mask(sample.flow)
+    for part, mask in occlusion_split(sample).items():
+        key = f"epe_{part}"
+        counts[key] = int(np.count_nonzero(mask & known))
+        row[key] = flow_metrics(flow, sample.flow, mask)["epe"] if counts[key] else None
+    return row, counts
+
+
+def _mean(rows: dict[str, dict], counts: dict[str, dict], pooled: tuple[str, ...]) -> dict:
+    """Per key, the mean over the samples, weighted by pixel counts for the keys in ``pooled``."""
+    mean = {}
+    for key in next(iter(rows.values())):
+        names = [name for name, row in rows.items() if row[key] is not None]
+        values = [rows[name][key] for name in names]
+        if not values:
+            mean[key] = None
+        elif key in pooled:
+            weights = [counts[name][key] for name in names]
+            mean[key] = float(np.dot(values, weights) / np.sum(weights))
+        else:
+            mean[key] = float(np.mean(values))
+    return mean
+
+
 def _eval(args) -> None:
-    sequences = find_sequences(args.data)
+    dataset = FORMATS[args.format](args.data)
+    count = len(dataset) if args.limit is None else min(args.limit, len(dataset))
     config = _config(args)
     est = _estimator(args, config)
-    results = {}
-    for folder in tqdm(sequences, desc=args.method, unit="seq", file=sys.stderr, disable=None):
-        paths = [str(folder / f) for f in (FRAME1, FRAME2, GROUND_TRUTH)]
-        frame1, frame2 = read_image(paths[0]), read_image(paths[1])
-        gt, valid = read_flow(paths[2])
-        if gt.shape[:2] != frame1.shape[:2]:
-            raise InputError(f"{paths[2]}: ground truth of size {gt.shape[:2]}, frames of size {frame1.shape[:2]}")
-        flow, _, flow_s = _timed_flow(est, frame1, frame2, (paths[0], paths[1]))
-        metrics = flow_metrics(flow, gt, valid)
-        results[folder.resolve().name] = {**{k: metrics[k] for k in _METRICS}, "time_s": flow_s}
-    mean = {k: float(np.mean([row[k] for row in results.values()])) for k in COLUMNS}
+    results, counts = {}, {}
+    units = ("seq", "sequences") if args.format == "middlebury" else ("pair", "pairs")
+    for i in tqdm(range(count), desc=args.method, unit=units[0], file=sys.stderr, disable=None):
+        pair, sample = dataset.pairs[i], dataset[i]
+        flow, _, flow_s = _timed_flow(est, sample.frame1, sample.frame2, (str(pair.frame1), str(pair.frame2)))
+        row, counts[sample.name] = _sample_metrics(flow, sample)
+        results[sample.name] = row | {"time_s": flow_s}
+    mean = _mean(results, counts, POOLED[args.format])
+    columns = ({k: COLUMNS[k] for k in _METRICS} | {k: h for k, h in SPLIT_COLUMNS.items() if k in mean}
+               | {"time_s": COLUMNS["time_s"]})
     compile_s = sum(est.compile_seconds.values())
-    print(_table(results | {"mean": mean}))
-    report = {"method": args.method, "config": to_dict(config), "compile_s": compile_s,
+    print(_table(results | {"mean": mean}, columns))
+    report = {"method": args.method, "format": args.format, "config": to_dict(config), "compile_s": compile_s,
               "sequences": results, "mean": mean}
     if args.json:
         atomic_write_bytes(args.json, (json.dumps(report, indent=2) + "\n").encode())
     target = f" -> {args.json}" if args.json else ""
-    print(f"{args.method}: compiled in {compile_s:.1f} s, {len(results)} sequences in "
+    print(f"{args.method}: compiled in {compile_s:.1f} s, {len(results)} {units[1]} in "
           f"{sum(r['time_s'] for r in results.values()):.2f} s{target}", file=sys.stderr)
 
 
@@ -167,6 +195,16 @@ def _models(args) -> None:
 
 def _show_config(args) -> None:
     print(to_json(_config(args)))
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive integer")
+    return value
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -210,12 +248,22 @@ def _parser() -> argparse.ArgumentParser:
 
     evaluate = commands.add_parser(
         "eval", parents=[compiling], formatter_class=formatter, help="evaluate a method on data with ground truth",
-        description=textwrap.fill(f"Run a method on every sequence folder in DIR (Middlebury layout: {FRAME1}, "
-                    f"{FRAME2}, {GROUND_TRUTH}; DIR may itself be one) and print EPE, AAE, the "
+        description=textwrap.fill(f"Run a method on every frame pair in DIR and print EPE, AAE, the "
                     "percentages of pixels with endpoint error over 1, 3 and 5 px, Fl-all and the "
-                    "flow time per sequence (compile time excluded), and their mean."),
-        epilog="example:\n  unroll eval --method tv-l1 --data data/ --json results.json")
-    evaluate.add_argument("--data", required=True, metavar="DIR", help="folder of sequence folders, or one")
+                    "flow time per pair (compile time excluded), and their mean. DIR is in the layout of "
+                    f"--format: middlebury (folders of {FRAME1}, {FRAME2}, {GROUND_TRUTH}; DIR may itself "
+                    "be one), sintel (training set, clean pass), kitti (2015 or 2012 training set), chairs "
+                    "(validation split), things (FlyingThings3D TEST, clean pass, left camera) or hd1k. "
+                    "The mean follows each benchmark: Sintel pools all pixels; KITTI and HD1K average "
+                    "EPE per image and pool the outlier percentages (Fl-all) over all valid pixels; "
+                    "the others average per pair. With occlusion masks (Sintel, KITTI) EPE noc "
+                    "and EPE occ are added: EPE on the pixels visible in both frames and on the others."),
+        epilog="examples:\n  unroll eval --method tv-l1 --data data/ --json results.json\n"
+               "  unroll eval --method tv-l1 --data MPI-Sintel-complete --format sintel --limit 50")
+    evaluate.add_argument("--data", required=True, metavar="DIR", help="the data set folder (see above)")
+    evaluate.add_argument("--format", default="middlebury", choices=list(FORMATS),
+                          help="layout of DIR and benchmark conventions (default: %(default)s)")
+    evaluate.add_argument("--limit", type=_positive_int, metavar="N", help="evaluate only the first N pairs")
     evaluate.add_argument("--json", metavar="OUT", help="also write the results as JSON")
     evaluate.set_defaults(func=_eval)
 

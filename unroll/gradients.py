@@ -1,7 +1,8 @@
 """How gradients flow through the unrolled iterations: an object, not a hard-wired choice.
 
-Each mode runs ``flow_{i+1} = step(flow_i, i)`` for a fixed number of iterations with
-``jax.lax.scan`` and decides what the backward pass sees:
+Each mode runs ``(flow_{i+1}, state_{i+1}) = step((flow_i, state_i), i)`` for a fixed number of
+iterations with ``jax.lax.scan`` and decides what the backward pass sees (``state`` is whatever a
+recurrent step operator carries; None for the classical ones):
 
 * ``Unrolled``: differentiate through every iteration (optionally rematerialised, so memory is
   bounded by one iteration's activations instead of all of them).
@@ -22,15 +23,16 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-StepFn = Callable[[jax.Array, jax.Array], jax.Array]
+Carry = tuple  # (flow (h, w, 2), step state)
+StepFn = Callable[[Carry, jax.Array], Carry]
 
 
-def _scan(body: StepFn, flow0: jax.Array, num_iters: int, keep_trajectory: bool):
-    def scan_body(flow, i):
-        new = body(flow, i)
-        return new, (new if keep_trajectory else None)
+def _scan(body: StepFn, carry0: Carry, num_iters: int, keep_trajectory: bool):
+    def scan_body(carry, i):
+        new = body(carry, i)
+        return new, (new[0] if keep_trajectory else None)
 
-    flow, trajectory = jax.lax.scan(scan_body, flow0, jnp.arange(num_iters))
+    (flow, _), trajectory = jax.lax.scan(scan_body, carry0, jnp.arange(num_iters))
     return flow, trajectory
 
 
@@ -53,7 +55,7 @@ class AbstractGradientMode(nnx.Module):
     """Runs the fixed iteration stack and chooses what its derivative is."""
 
     @abc.abstractmethod
-    def __call__(self, step: StepFn, flow0: jax.Array, num_iters: int, keep_trajectory: bool,
+    def __call__(self, step: StepFn, carry0: Carry, num_iters: int, keep_trajectory: bool,
                  residual: Callable[[jax.Array], jax.Array]) -> tuple[jax.Array, jax.Array | None]:
         """Return the final flow ``(h, w, 2)`` and, if asked, the ``(num_iters, h, w, 2)`` trajectory.
 
@@ -67,16 +69,20 @@ class Unrolled(AbstractGradientMode):
     def __init__(self, remat: bool = False):
         self.remat = remat
 
-    def __call__(self, step, flow0, num_iters, keep_trajectory, residual):
+    def __call__(self, step, carry0, num_iters, keep_trajectory, residual):
         body = jax.checkpoint(step) if self.remat else step
-        return _scan(body, flow0, num_iters, keep_trajectory)
+        return _scan(body, carry0, num_iters, keep_trajectory)
 
 
 class Truncated(AbstractGradientMode):
     """Stop the gradient of the flow between iterations (RAFT's ``coords1.detach()``)."""
 
-    def __call__(self, step, flow0, num_iters, keep_trajectory, residual):
-        return _scan(lambda flow, i: step(jax.lax.stop_gradient(flow), i), flow0, num_iters, keep_trajectory)
+    def __call__(self, step, carry0, num_iters, keep_trajectory, residual):
+        def body(carry, i):
+            flow, state = carry
+            return step((jax.lax.stop_gradient(flow), state), i)
+
+        return _scan(body, carry0, num_iters, keep_trajectory)
 
 
 class Implicit(AbstractGradientMode):
@@ -89,8 +95,11 @@ class Implicit(AbstractGradientMode):
     def __init__(self, adjoint_iters: int = 200):
         self.adjoint_iters = adjoint_iters
 
-    def __call__(self, step, flow0, num_iters, keep_trajectory, residual):
-        flow, trajectory = jax.lax.stop_gradient(_scan(step, flow0, num_iters, keep_trajectory))
+    def __call__(self, step, carry0, num_iters, keep_trajectory, residual):
+        if carry0[1] is not None:
+            raise ValueError("implicit differentiation needs a memoryless step operator (its fixed point "
+                             "must be a zero of the energy gradient); use Unrolled or Truncated")
+        flow, trajectory = jax.lax.stop_gradient(_scan(step, carry0, num_iters, keep_trajectory))
         residual_fn, consts = jax.closure_convert(residual, flow)
         return _fixed_point(residual_fn, self.adjoint_iters, flow, *consts), trajectory
 

@@ -10,11 +10,19 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
 from classical.data_terms import BrightnessConstancy, WindowedBrightnessConstancy
 from classical.penalties import Charbonnier, Quadratic
 from classical.prefilters import GaussianPrefilter
-from classical.smoothness import STENCILS, PairwiseSmoothness
+from classical.smoothness import STENCILS, PairwiseSmoothness, half_stencil
 from classical.steps import BlockJacobiStep, GradientStep, RedBlackStep
+from learned.data_terms import LearnedFeatures
+from learned.prefilters import LearnedPrefilter
+from learned.smoothness import ContextEdgeWeights
+from learned.steps import LearnedPreconditioner, LearnedStepSizes, RecurrentStep
 from unroll.config import ConfigError, choice
 from unroll.energy import Energy
 from unroll.gradients import Implicit, Truncated, Unrolled
@@ -46,31 +54,45 @@ class DataConfig:
     gradient_weight: float = 0.0
     window_sigma: float = 2.0
     colour: bool = False
+    learned_channels: int = 0
 
 
 @dataclass(frozen=True)
 class SmoothnessConfig:
-    """Regulariser ``alpha^2 / 2 * sum w_pq psi(diff^2)`` on a neighbour ``stencil``; ``none`` for no term."""
+    """Regulariser ``alpha^2 / 2 * sum w_pq psi(diff^2)`` on a neighbour ``stencil``; ``none`` for no term.
+
+    ``learned``: pair weights from a CNN on frame 1 (edge-aware; start uniform).
+    """
 
     kind: str = choice("pairwise", "pairwise", "none")
     alpha: float = 15.0
     penalty: PenaltyConfig = PenaltyConfig()
     stencil: str = choice("horn-schunck", *STENCILS)
+    learned: bool = False
 
 
 @dataclass(frozen=True)
 class StepConfig:
-    """Update operator: ``jacobi`` (block-preconditioned), ``sor`` (red-black Gauss-Seidel) or ``gradient``."""
+    """Update operator: ``jacobi`` (block-preconditioned), ``sor`` (red-black Gauss-Seidel) or ``gradient``.
+
+    ``learned`` wraps it: ``sizes`` (a learned scale per iteration), ``preconditioner`` (a learned
+    per-pixel scale from frame 1) or ``gru`` (a ConvGRU correction, RAFT-style); each starts as
+    the hand-tuned step.
+    """
 
     kind: str = choice("jacobi", "jacobi", "sor", "gradient")
     relaxation: float = 1.0
     damping: float = 0.0
     step_size: float = 1e-3
+    learned: str = choice("none", "none", "sizes", "preconditioner", "gru")
 
 
 @dataclass(frozen=True)
 class PyramidConfig:
-    """Coarse-to-fine: at most ``levels`` levels ``scale`` apart, ``warps`` linearisations per level."""
+    """Coarse-to-fine: at most ``levels`` levels ``scale`` apart, ``warps`` linearisations per level.
+
+    ``learned_prefilter``: one learned normalised blur kernel per level (starts Gaussian).
+    """
 
     levels: int = 1
     scale: float = 0.5
@@ -79,6 +101,7 @@ class PyramidConfig:
     input_sigma: float = 0.0
     median_size: int = 0
     min_size: int = 16
+    learned_prefilter: bool = False
 
 
 @dataclass(frozen=True)
@@ -106,27 +129,36 @@ def _penalty(config: PenaltyConfig):
     return {"quadratic": Quadratic, "charbonnier": lambda: Charbonnier(config.eps, config.exponent)}[config.kind]()
 
 
-def _data(config: DataConfig):
+def _data(config: DataConfig, rngs: nnx.Rngs):
     penalty = _penalty(config.penalty)
-    return {
+    data = {
         "brightness": lambda: BrightnessConstancy(penalty, config.weight, config.blend, config.gradient_weight),
         "windowed": lambda: WindowedBrightnessConstancy(config.window_sigma, penalty, config.weight, config.blend),
     }[config.kind]()
+    if config.learned_channels > 0:
+        data = LearnedFeatures(data, 3 if config.colour else 1, config.learned_channels, rngs=rngs)
+    return data
 
 
-def _smoothness(config: SmoothnessConfig):
-    return {
-        "pairwise": lambda: PairwiseSmoothness(config.alpha, _penalty(config.penalty), config.stencil),
-        "none": lambda: None,
-    }[config.kind]()
+def _smoothness(config: SmoothnessConfig, channels: int, rngs: nnx.Rngs):
+    if config.kind == "none":
+        return None
+    weights = ContextEdgeWeights(half_stencil(config.stencil), channels, rngs=rngs) if config.learned else None
+    return PairwiseSmoothness(config.alpha, _penalty(config.penalty), config.stencil, weights)
 
 
-def _step(config: StepConfig):
-    return {
+def _step(config: StepConfig, num_iters: int, channels: int, rngs: nnx.Rngs):
+    step = {
         "jacobi": lambda: BlockJacobiStep(config.relaxation, config.damping),
         "sor": lambda: RedBlackStep(config.relaxation, config.damping),
         "gradient": lambda: GradientStep(config.step_size),
     }[config.kind]()
+    return {
+        "none": lambda: step,
+        "sizes": lambda: LearnedStepSizes(step, num_iters),
+        "preconditioner": lambda: LearnedPreconditioner(step, channels, rngs=rngs),
+        "gru": lambda: RecurrentStep(step, channels, rngs=rngs),
+    }[config.learned]()
 
 
 def _gradient_mode(config: SolverConfig):
@@ -137,14 +169,23 @@ def _gradient_mode(config: SolverConfig):
     }[config.gradient]()
 
 
-def build(config: MethodConfig, keep_trajectory: bool = False) -> CoarseToFine:
-    """The ``CoarseToFine`` module described by ``config``."""
-    energy = Energy(_data(config.data), _smoothness(config.smoothness))
-    solver = UnrolledSolver(energy, _step(config.step), config.solver.num_iters, _gradient_mode(config.solver),
-                            keep_trajectory)
+def _prefilter(config: PyramidConfig):
+    if config.learned_prefilter:
+        return LearnedPrefilter(config.levels, config.sigma, config.input_sigma)
+    return GaussianPrefilter(config.sigma, config.input_sigma)
+
+
+def build(config: MethodConfig, keep_trajectory: bool = False, seed: int = 0) -> CoarseToFine:
+    """The ``CoarseToFine`` module described by ``config``; ``seed`` initialises learned operators."""
+    rngs = nnx.Rngs(seed)
+    data = _data(config.data, rngs)
+    channels = jax.eval_shape(data.features, jax.ShapeDtypeStruct((8, 8, 3 if config.data.colour else 1), jnp.float32)).shape[-1]
+    energy = Energy(data, _smoothness(config.smoothness, channels, rngs))
+    step = _step(config.step, max((config.solver.num_iters,) + config.solver.level_iters), channels, rngs)
+    solver = UnrolledSolver(energy, step, config.solver.num_iters, _gradient_mode(config.solver), keep_trajectory)
     p = config.pyramid
-    return CoarseToFine(solver, GaussianPrefilter(p.sigma, p.input_sigma), BilinearWarp(), p.levels, p.scale,
-                        p.warps, config.solver.level_iters, p.median_size, p.min_size)
+    return CoarseToFine(solver, _prefilter(p), BilinearWarp(), p.levels, p.scale, p.warps, config.solver.level_iters,
+                        p.median_size, p.min_size)
 
 
 def _charbonnier(eps: float) -> PenaltyConfig:

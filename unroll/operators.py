@@ -78,12 +78,16 @@ class AbstractSmoothness(nnx.Module):
 
 
 class AbstractStep(nnx.Module):
-    """One update of the flow: gradient step, preconditioned step, or a learned update."""
+    """One update of the flow: gradient step, preconditioned step, or a learned (recurrent) update."""
+
+    def init_state(self, energy: "Energy", evidence: Evidence, flow: jax.Array) -> Any:
+        """State carried from iteration to iteration (a pytree; None for memoryless steps)."""
+        return None
 
     @abc.abstractmethod
-    def __call__(self, energy: "Energy", evidence: Evidence, flow: jax.Array,
-                 iteration: jax.Array) -> jax.Array:
-        """Return the next flow ``(h, w, 2)``; ``iteration`` is the scalar index in the stack."""
+    def __call__(self, energy: "Energy", evidence: Evidence, flow: jax.Array, iteration: jax.Array,
+                 state: Any) -> tuple[jax.Array, Any]:
+        """Return the next flow ``(h, w, 2)`` and state; ``iteration`` is the scalar index in the stack."""
 
 
 class AbstractPrefilter(nnx.Module):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 
+import jax
 import jax.numpy as jnp
 
 NEG, POS = "-inf", "+inf"
@@ -57,10 +58,34 @@ def median_network(n: int) -> tuple[tuple[tuple[int, int], ...], int]:
     return tuple(reversed(kept)), target
 
 
+@jax.custom_vjp
 def median(values: list) -> jnp.ndarray:
-    """Elementwise median of an odd-length list of equally shaped arrays."""
+    """Elementwise median of an odd-length list of equally shaped arrays.
+
+    Its derivative passes the cotangent to the input that is the median (the first one, on ties),
+    which is what differentiating the network gives, at a fraction of the compile time.
+    """
     ops, target = median_network(len(values))
     regs = list(values)
     for a, b in ops:
         regs[a], regs[b] = jnp.minimum(regs[a], regs[b]), jnp.maximum(regs[a], regs[b])
     return regs[target]
+
+
+def _median_fwd(values):
+    result = median(values)
+    return result, (values, result)
+
+
+def _median_bwd(saved, cotangent):
+    values, result = saved
+    taken = jnp.zeros(result.shape, bool)
+    grads = []
+    for v in values:
+        mine = (v == result) & ~taken
+        taken = taken | mine
+        grads.append(jnp.where(mine, cotangent, 0.0).astype(v.dtype))
+    return (grads,)
+
+
+median.defvjp(_median_fwd, _median_bwd)

@@ -55,8 +55,8 @@ class UnrolledSolver(nnx.Module):
     def __call__(self, evidence: Evidence, flow0: jax.Array, num_iters: int | None = None) -> Solution:
         """Iterate from ``flow0`` ``(h, w, 2)`` on precomputed ``evidence`` (see ``Energy.linearize``)."""
         flow, trajectory = self.gradient(
-            lambda flow, i: self.step(self.energy, evidence, flow, i),
-            flow0,
+            lambda carry, i: self.step(self.energy, evidence, carry[0], i, carry[1]),
+            (flow0, self.step.init_state(self.energy, evidence, flow0)),
             self.num_iters if num_iters is None else num_iters,
             self.keep_trajectory,
             lambda flow: self.energy.gradient(evidence, flow),

@@ -1,0 +1,88 @@
+"""Learned step operators. Each wraps a hand-tuned step and starts out equal to it."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from learned.nets import ConvNet, normalise_image
+from unroll.operators import AbstractStep
+
+
+class LearnedStepSizes(AbstractStep):
+    """``w <- w + s_i (step(w) - w)``: one learned scale per iteration ``i``, initially 1.
+
+    Iterations beyond ``num_iters`` (e.g. more at test time) reuse the last scale.
+    """
+
+    def __init__(self, step: AbstractStep, num_iters: int):
+        self.step = step
+        self.scales = nnx.Param(jnp.ones((num_iters,)))
+
+    def init_state(self, energy, evidence, flow):
+        return self.step.init_state(energy, evidence, flow)
+
+    def __call__(self, energy, evidence, flow, iteration, state):
+        new, state = self.step(energy, evidence, flow, iteration, state)
+        scale = self.scales[jnp.minimum(iteration, self.scales.shape[0] - 1)]
+        return flow + scale * (new - flow), state
+
+
+class LearnedPreconditioner(AbstractStep):
+    """``w <- w + exp(s(I1)) * (step(w) - w)``: a per-pixel, per-component scale of the update
+    predicted from frame 1 by a small CNN (zero at initialisation, so the scale starts at 1)."""
+
+    def __init__(self, step: AbstractStep, channels: int, *, rngs: nnx.Rngs, hidden: int = 16):
+        self.step = step
+        self.net = ConvNet(channels, 2, rngs=rngs, hidden=hidden)
+
+    def init_state(self, energy, evidence, flow):
+        # The scale depends on the image only: computed once per solve and carried along.
+        return jnp.exp(self.net(normalise_image(evidence["image"]))), self.step.init_state(energy, evidence, flow)
+
+    def __call__(self, energy, evidence, flow, iteration, state):
+        scale, inner = state
+        new, inner = self.step(energy, evidence, flow, iteration, inner)
+        return flow + scale * (new - flow), (scale, inner)
+
+
+class ConvGRU(nnx.Module):
+    """Convolutional GRU cell (Ballas et al. 2016), as in RAFT's update block."""
+
+    def __init__(self, hidden: int, inputs: int, *, rngs: nnx.Rngs):
+        conv = lambda: nnx.Conv(hidden + inputs, hidden, (3, 3), padding="SAME", rngs=rngs)
+        self.update_gate, self.reset_gate, self.candidate = conv(), conv(), conv()
+
+    def __call__(self, h: jax.Array, x: jax.Array) -> jax.Array:
+        hx = jnp.concatenate([h, x], -1)
+        z = jax.nn.sigmoid(self.update_gate(hx))
+        r = jax.nn.sigmoid(self.reset_gate(hx))
+        q = jnp.tanh(self.candidate(jnp.concatenate([r * h, x], -1)))
+        return (1 - z) * h + z * q
+
+
+class RecurrentStep(AbstractStep):
+    """RAFT-style recurrent update on top of a hand-tuned step.
+
+    A ConvGRU reads the current flow, the hand-tuned step's proposed increment (the data term's
+    evidence, preconditioned) and context features of frame 1, and a flow head adds a learned
+    correction: ``w <- step(w) + head(h)``. The head starts at zero, so the operator starts equal
+    to the hand-tuned step. Its hidden state is carried across iterations (``init_state``).
+    """
+
+    def __init__(self, step: AbstractStep, channels: int, *, rngs: nnx.Rngs, hidden: int = 32):
+        self.step = step
+        self.context = ConvNet(channels, 2 * hidden, rngs=rngs, hidden=hidden, zero_last=False)
+        self.gru = ConvGRU(hidden, 4 + hidden, rngs=rngs)
+        self.head = ConvNet(hidden, 2, rngs=rngs, hidden=hidden, depth=2)
+
+    def init_state(self, energy, evidence, flow):
+        hidden, context = jnp.split(self.context(normalise_image(evidence["image"])), 2, axis=-1)
+        return jnp.tanh(hidden), jax.nn.relu(context), self.step.init_state(energy, evidence, flow)
+
+    def __call__(self, energy, evidence, flow, iteration, state):
+        hidden, context, inner = state
+        proposal, inner = self.step(energy, evidence, flow, iteration, inner)
+        hidden = self.gru(hidden, jnp.concatenate([flow, proposal - flow, context], -1))
+        return proposal + self.head(hidden), (hidden, context, inner)

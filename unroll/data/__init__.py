@@ -1,0 +1,1 @@
+"""Optical-flow datasets: readers for the standard folder layouts, and training augmentation."""
