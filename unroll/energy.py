@@ -38,10 +38,7 @@ class Energy(nnx.Module):
 
     def curvature(self, evidence: Evidence, flow: jax.Array) -> jax.Array:
         """``(h, w, 2, 2)`` block-diagonal majoriser of the Hessian."""
-        block = self.data.curvature(evidence["data"], flow)
-        if self.smoothness is not None:
-            block = block + _diagonal(self.smoothness.curvature(flow, evidence["image"]))
-        return block
+        return self.gradient_and_curvature(evidence, flow)[1]
 
     def gradient_and_curvature(self, evidence: Evidence, flow: jax.Array) -> tuple[jax.Array, jax.Array]:
         """``gradient`` and ``curvature`` together, sharing the terms' reweighting work."""

@@ -129,6 +129,11 @@ def _penalty(config: PenaltyConfig):
     return {"quadratic": Quadratic, "charbonnier": lambda: Charbonnier(config.eps, config.exponent)}[config.kind]()
 
 
+def frame_channels(config: DataConfig) -> int:
+    """Channels of the frames the method sees: 3 for colour, 1 for grey."""
+    return 3 if config.colour else 1
+
+
 def _data(config: DataConfig, rngs: nnx.Rngs):
     penalty = _penalty(config.penalty)
     data = {
@@ -136,7 +141,7 @@ def _data(config: DataConfig, rngs: nnx.Rngs):
         "windowed": lambda: WindowedBrightnessConstancy(config.window_sigma, penalty, config.weight, config.blend),
     }[config.kind]()
     if config.learned_channels > 0:
-        data = LearnedFeatures(data, 3 if config.colour else 1, config.learned_channels, rngs=rngs)
+        data = LearnedFeatures(data, frame_channels(config), config.learned_channels, rngs=rngs)
     return data
 
 
@@ -179,7 +184,8 @@ def build(config: MethodConfig, keep_trajectory: bool = False, seed: int = 0) ->
     """The ``CoarseToFine`` module described by ``config``; ``seed`` initialises learned operators."""
     rngs = nnx.Rngs(seed)
     data = _data(config.data, rngs)
-    channels = jax.eval_shape(data.features, jax.ShapeDtypeStruct((8, 8, 3 if config.data.colour else 1), jnp.float32)).shape[-1]
+    frame = jax.ShapeDtypeStruct((8, 8, frame_channels(config.data)), jnp.float32)
+    channels = jax.eval_shape(data.features, frame).shape[-1]  # what the context networks read
     energy = Energy(data, _smoothness(config.smoothness, channels, rngs))
     step = _step(config.step, max((config.solver.num_iters,) + config.solver.level_iters), channels, rngs)
     solver = UnrolledSolver(energy, step, config.solver.num_iters, _gradient_mode(config.solver), keep_trajectory)
