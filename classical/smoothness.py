@@ -42,10 +42,15 @@ class PairwiseSmoothness(AbstractSmoothness):
         self.stencil = stencil
         self.edge_weights = edge_weights
 
-    def pair_weights(self, flow: jax.Array, image: jax.Array):
+    def context(self, image: jax.Array) -> dict:
+        """The edge-weight maps ``{offset: (h, w, 1)}`` of frame 1 (``{}`` without ``edge_weights``)."""
+        return self.edge_weights(image) if self.edge_weights is not None else {}
+
+    def pair_weights(self, flow: jax.Array, maps: dict | None):
         """``[(offset, weight, diff, here, there)]`` for each half-stencil offset; ``weight`` is a
-        scalar or a per-pair ``(h', w', 1)`` array (see ``pair_differences`` for the rest)."""
-        maps = self.edge_weights(image) if self.edge_weights is not None else {}
+        scalar or a per-pair ``(h', w', 1)`` array (see ``pair_differences`` for the rest).
+        ``maps`` is what ``context`` returned (None: no maps)."""
+        maps = maps or {}
         h, w = flow.shape[:2]
         pairs = []
         for offset, wgt in half_stencil(self.stencil).items():
@@ -56,16 +61,16 @@ class PairwiseSmoothness(AbstractSmoothness):
             pairs.append((offset, wgt, diff, here, there))
         return pairs
 
-    def energy(self, flow: jax.Array, image: jax.Array) -> jax.Array:
+    def energy(self, flow: jax.Array, context: dict | None) -> jax.Array:
         total = 0.0
-        for _, w, diff, _, _ in self.pair_weights(flow, image):
+        for _, w, diff, _, _ in self.pair_weights(flow, context):
             total = total + jnp.sum(w * self.penalty(diff**2))
         return 0.5 * self.alpha**2 * total
 
-    def curvature(self, flow: jax.Array, image: jax.Array) -> jax.Array:
-        return self.gradient_and_curvature(flow, image)[1]
+    def curvature(self, flow: jax.Array, context: dict | None) -> jax.Array:
+        return self.gradient_and_curvature(flow, context)[1]
 
-    def gradient_and_curvature(self, flow: jax.Array, image: jax.Array) -> tuple[jax.Array, jax.Array]:
+    def gradient_and_curvature(self, flow: jax.Array, context: dict | None) -> tuple[jax.Array, jax.Array]:
         """One IRLS weight per pair serves both of its pixels, in the gradient and the curvature.
 
         A neighbour outside the image counts as a pair with zero difference (Neumann), so it adds
@@ -75,7 +80,7 @@ class PairwiseSmoothness(AbstractSmoothness):
         outside = sum(wgt * ~image_ops.inside_mask((h, w), dy, dx) for (dy, dx), wgt in STENCILS[self.stencil].items())
         grad = 0.0
         curv = outside[..., None] * weight(self.penalty, jnp.zeros((), flow.dtype))
-        for _, wgt, diff, here, there in self.pair_weights(flow, image):
+        for _, wgt, diff, here, there in self.pair_weights(flow, context):
             pair = wgt * weight(self.penalty, diff**2)
             grad = grad + jnp.pad(pair * diff, here) - jnp.pad(pair * diff, there)
             curv = curv + jnp.pad(pair, here) + jnp.pad(pair, there)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import jax
-import jax.numpy as jnp
 from flax import nnx
 
 from learned.nets import ConvNet, normalise_image
@@ -11,27 +10,30 @@ from unroll.operators import AbstractDataTerm
 
 
 class LearnedFeatures(AbstractDataTerm):
-    """A data term on ``[hand-tuned features, CNN(frame)]``: the wrapped term's constancy, extended
-    to ``channels`` learned feature channels from a shared encoder (the same weights for both
-    frames). The encoder's last layer starts at zero, so the extra channels are zero and the term
-    starts equal to the wrapped one.
+    """The wrapped term's constancy on learned features ``f(I) = I + CNN(I)`` (one encoder shared
+    by both frames): a learned, image-dependent transformation of the frame before matching, in
+    the spirit of the structure-texture decomposition that robust classical methods apply.
+
+    The encoder's last layer starts at zero, so the term starts equal to the wrapped one. The
+    correction is *added* to the frame rather than appended as new channels: a new channel that
+    starts at zero adds a residual that is zero with zero derivative to a sum of squares, so its
+    gradient would vanish and it could never start to learn.
 
     Args:
-        data: the hand-tuned data term whose per-channel constancy is applied to all channels.
+        data: the hand-tuned data term whose constancy is applied to the learned features.
         in_channels: channels of the frames.
-        channels: learned feature channels.
-        scale: multiplies the learned features (their residuals are in intensity units).
+        channels: width of the encoder's hidden layers.
+        scale: multiplies the correction (in grey levels per unit of network output).
     """
 
     def __init__(self, data: AbstractDataTerm, in_channels: int, channels: int = 8, *, rngs: nnx.Rngs,
-                 hidden: int = 16, scale: float = 255.0):
+                 scale: float = 10.0):
         self.data = data
-        self.encoder = ConvNet(in_channels, channels, rngs=rngs, hidden=hidden)
+        self.encoder = ConvNet(in_channels, in_channels, rngs=rngs, hidden=channels)
         self.scale = scale
 
     def features(self, frame: jax.Array) -> jax.Array:
-        learned = self.scale * self.encoder(normalise_image(frame))
-        return jnp.concatenate([self.data.features(frame), learned], axis=-1)
+        return self.data.features(frame + self.scale * self.encoder(normalise_image(frame)))
 
     def linearize(self, features1, features2_warped, valid, flow0):
         return self.data.linearize(features1, features2_warped, valid, flow0)

@@ -37,9 +37,12 @@ class LearnedPreconditioner(AbstractStep):
         self.step = step
         self.net = ConvNet(channels, 2, rngs=rngs, hidden=hidden)
 
+    def context(self, image):
+        return jnp.exp(self.net(normalise_image(image)))  # the image alone decides the scale
+
     def init_state(self, energy, evidence, flow):
-        # The scale depends on the image only: computed once per solve and carried along.
-        return jnp.exp(self.net(normalise_image(evidence["image"]))), self.step.init_state(energy, evidence, flow)
+        scale = self.context(evidence["image"]) if evidence.get("step") is None else evidence["step"]
+        return scale, self.step.init_state(energy, evidence, flow)
 
     def __call__(self, energy, evidence, flow, iteration, state):
         scale, inner = state
@@ -73,13 +76,18 @@ class RecurrentStep(AbstractStep):
 
     def __init__(self, step: AbstractStep, channels: int, *, rngs: nnx.Rngs, hidden: int = 32):
         self.step = step
-        self.context = ConvNet(channels, 2 * hidden, rngs=rngs, hidden=hidden, zero_last=False)
+        self.encoder = ConvNet(channels, 2 * hidden, rngs=rngs, hidden=hidden, zero_last=False)
         self.gru = ConvGRU(hidden, 4 + hidden, rngs=rngs)
         self.head = ConvNet(hidden, 2, rngs=rngs, hidden=hidden, depth=2)
 
+    def context(self, image):
+        """The initial hidden state and the context features ``(h, w, hidden)`` of frame 1."""
+        hidden, context = jnp.split(self.encoder(normalise_image(image)), 2, axis=-1)
+        return jnp.tanh(hidden), jax.nn.relu(context)
+
     def init_state(self, energy, evidence, flow):
-        hidden, context = jnp.split(self.context(normalise_image(evidence["image"])), 2, axis=-1)
-        return jnp.tanh(hidden), jax.nn.relu(context), self.step.init_state(energy, evidence, flow)
+        hidden, context = self.context(evidence["image"]) if evidence.get("step") is None else evidence["step"]
+        return hidden, context, self.step.init_state(energy, evidence, flow)
 
     def __call__(self, energy, evidence, flow, iteration, state):
         hidden, context, inner = state

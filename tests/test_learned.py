@@ -60,6 +60,17 @@ def test_hand_tuned_methods_have_no_parameters():
 
 
 @pytest.mark.parametrize("name", sorted(LEARNED))
+def test_training_can_start_from_the_classical_point(name):
+    # At initialisation (exactly the hand-tuned method) the loss must already have a gradient:
+    # a learned part that starts at a stationary point of the loss would never move.
+    model = learned_model(name, size=["pyramid.levels=1", "pyramid.warps=1", "solver.num_iters=3"])
+    f1, f2 = frames()
+    target = jnp.broadcast_to(jnp.array([1.1, -0.8]), f1.shape[:2] + (2,))
+    grads = nnx.jit(nnx.grad(lambda m: jnp.mean(jnp.abs(m(f1, f2).flow - target)), argnums=nnx.DiffState(0, nnx.Param)))(model)
+    assert max(float(np.abs(np.asarray(g)).max()) for g in jax.tree.leaves(grads)) > 1e-6
+
+
+@pytest.mark.parametrize("name", sorted(LEARNED))
 def test_gradients_reach_every_learned_parameter(name):
     model = learned_model(name, size=["pyramid.levels=1", "pyramid.warps=1", "solver.num_iters=3"])
     params = nnx.state(model, nnx.Param)

@@ -48,7 +48,7 @@ def test_a_few_steps_lower_the_loss():
     for _ in range(20):
         params, opt_state, measurements = step(params, opt_state, batch)
         losses.append(float(measurements["loss"]))
-    assert losses[-1] < 0.8 * losses[0], losses
+    assert losses[-1] < 0.85 * losses[0], losses
     assert np.isfinite(float(measurements["grad_norm"]))
     nnx.update(model, params)
     scales = np.asarray(model.solver.step.scales[...])

@@ -16,22 +16,23 @@ import sys
 import textwrap
 import time
 
-import jax
 import numpy as np
 from flax import nnx
-from tqdm import tqdm
 
 from unroll import compile_cache
+from unroll.ablation import run_ablation, markdown
+from unroll.checkpoints import load_trained
 from unroll.config import override, to_dict, to_json
-from unroll.data.datasets import (
-    FORMATS, FRAME1, FRAME2, GROUND_TRUTH, Sample, occlusion_split)
+from unroll.data.datasets import FORMATS, FRAME1, FRAME2, GROUND_TRUTH
 from unroll.errors import InputError
 from unroll.estimator import FlowEstimator
+from unroll.evaluation import evaluate
 from unroll.flow_io import write_flow
 from unroll.files import atomic_write_bytes
 from unroll.images import read_image
-from unroll.methods import PRESETS, MethodConfig, build, preset
-from unroll.metrics import flow_metrics, valid_mask
+from unroll.experiment import load_experiment
+from unroll.methods import PRESETS, MethodConfig, count_params, preset
+from unroll.trainer import train
 from unroll.visualize import write_flow_image
 
 #: One line per method, shown by ``unroll models``; every preset needs one.
@@ -44,44 +45,30 @@ DESCRIPTIONS: dict[str, str] = {
              "red-black SOR with warping and median filtering.",
 }
 
-#: Columns of ``unroll eval``: JSON key (a ``flow_metrics`` key, or ``time_s``) and table heading.
-COLUMNS = {"epe": "EPE", "aae": "AAE", "px1": "px1 %", "px3": "px3 %", "px5": "px5 %",
-           "fl_all": "Fl-all %", "time_s": "time s"}
-_METRICS = [k for k in COLUMNS if k != "time_s"]
-#: Extra columns for data with occlusion masks (Sintel, KITTI): EPE on the pixels visible in both
-#: frames and on those occluded in frame 2.
-SPLIT_COLUMNS = {"epe_noc": "EPE noc", "epe_occ": "EPE occ"}
-
-#: Per ``--format``, the metrics whose mean pools the pixels of all samples, as the benchmark
-#: does; the others are averaged over the samples. Sintel: EPE all / matched / unmatched over
-#: every pixel of the set; KITTI (and HD1K, in its format): EPE per image, Fl-all over all valid
-#: pixels.
-_PERCENTAGES = ("px1", "px3", "px5", "fl_all")
-POOLED: dict[str, tuple[str, ...]] = {
-    "middlebury": (),
-    "sintel": ("epe", "aae", *_PERCENTAGES, *SPLIT_COLUMNS),
-    "kitti": _PERCENTAGES,
-    "chairs": (),
-    "things": (),
-    "hd1k": _PERCENTAGES,
-}
-
 _FLOW_EXTENSIONS = (".flo", ".png")
-_METHOD_HELP = f"method name, one of: {', '.join(PRESETS)} (default: %(default)s; see `unroll models`)"
-
-
-def count_params(config: MethodConfig) -> int:
-    """Number of learned parameters (scalars in ``nnx.Param`` leaves) of the method."""
-    state = nnx.state(build(config), nnx.Param)
-    return sum(int(np.size(leaf)) for leaf in jax.tree.leaves(state))
+DEFAULT_METHOD = "tv-l1"
+_METHOD_HELP = f"method name, one of: {', '.join(PRESETS)} (default: {DEFAULT_METHOD}; see `unroll models`)"
 
 
 def _config(args) -> MethodConfig:
-    return override(preset(args.method), args.set)
+    """The method of ``--method`` (or of ``--checkpoint``) with the ``--set`` overrides."""
+    return _method(args)[0]
 
 
-def _estimator(args, config: MethodConfig) -> FlowEstimator:
-    """The estimator for ``config``, with the persistent compile cache on unless ``--no-cache``."""
+def _method(args) -> tuple[MethodConfig, nnx.State | None]:
+    """The method config and, with ``--checkpoint``, its trained parameters; names ``args.label``."""
+    checkpoint = getattr(args, "checkpoint", None)
+    if checkpoint is None:
+        args.label = args.method or DEFAULT_METHOD
+        return override(preset(args.label), args.set), None
+    if args.method is not None:
+        raise InputError("--method and --checkpoint exclude each other: a checkpoint brings its own method")
+    args.label = os.path.basename(os.path.normpath(checkpoint))
+    return load_trained(checkpoint, args.set)
+
+
+def _enable_cache(args) -> None:
+    """The persistent compile cache, on unless ``--no-cache``."""
     if args.no_cache:
         compile_cache.disable()
     else:
@@ -89,7 +76,17 @@ def _estimator(args, config: MethodConfig) -> FlowEstimator:
             compile_cache.enable()
         except OSError as e:
             print(f"unroll: warning: compile cache off ({e})", file=sys.stderr)
-    return FlowEstimator(config)
+
+
+def _estimator(args) -> tuple[MethodConfig, FlowEstimator]:
+    """The method and its estimator (trained parameters loaded), with the persistent compile cache
+    on unless ``--no-cache``."""
+    _enable_cache(args)
+    config, params = _method(args)
+    est = FlowEstimator(config)
+    if params is not None:
+        est.load(params)
+    return config, est
 
 
 def _timed_flow(est: FlowEstimator, frame1: np.ndarray, frame2: np.ndarray,
@@ -106,84 +103,31 @@ def _flow(args) -> None:
     ext = os.path.splitext(args.output)[1].lower()
     if ext not in _FLOW_EXTENSIONS:
         raise InputError(f"{args.output}: unknown flow file extension {ext!r} (use .flo or .png)")
-    config = _config(args)
     frame1, frame2 = read_image(args.frame1), read_image(args.frame2)
-    est = _estimator(args, config)
+    _, est = _estimator(args)
     flow, compile_s, flow_s = _timed_flow(est, frame1, frame2, (args.frame1, args.frame2))
     write_flow(args.output, flow)
     outputs = [args.output]
     if args.viz:
         write_flow_image(args.viz, flow)
         outputs.append(args.viz)
-    print(f"{args.method}: compiled in {compile_s:.1f} s, flow in {flow_s:.2f} s -> {', '.join(outputs)}",
+    print(f"{args.label}: compiled in {compile_s:.1f} s, flow in {flow_s:.2f} s -> {', '.join(outputs)}",
           file=sys.stderr)
-
-
-def _table(rows: dict[str, dict], columns: dict[str, str]) -> str:
-    width = max(len("sequence"), *map(len, rows))
-    lines = [f"{'sequence':<{width}}" + "".join(f"{h:>10}" for h in columns.values())]
-    for name, row in rows.items():
-        lines.append(f"{name:<{width}}" + "".join(f"{'-':>10}" if row[k] is None else f"{row[k]:>10.3f}"
-                                                  for k in columns))
-    return "\n".join(lines)
-
-
-def _sample_metrics(flow: np.ndarray, sample: Sample) -> tuple[dict, dict]:
-    """The metrics of one sample, and per metric the number of pixels it was measured on.
-
-    With occlusion masks, ``epe_noc`` and ``epe_occ`` too (``None`` where the sample has no such pixel).
-    """
-    metrics = flow_metrics(flow, sample.flow, sample.valid)
-    row = {k: metrics[k] for k in _METRICS}
-    counts = dict.fromkeys(row, metrics["n_valid"])
-    known = valid_mask(sample.flow)
-    for part, mask in occlusion_split(sample).items():
-        key = f"epe_{part}"
-        counts[key] = int(np.count_nonzero(mask & known))
-        row[key] = flow_metrics(flow, sample.flow, mask)["epe"] if counts[key] else None
-    return row, counts
-
-
-def _mean(rows: dict[str, dict], counts: dict[str, dict], pooled: tuple[str, ...]) -> dict:
-    """Per key, the mean over the samples, weighted by pixel counts for the keys in ``pooled``."""
-    mean = {}
-    for key in next(iter(rows.values())):
-        names = [name for name, row in rows.items() if row[key] is not None]
-        values = [rows[name][key] for name in names]
-        if not values:
-            mean[key] = None
-        elif key in pooled:
-            weights = [counts[name][key] for name in names]
-            mean[key] = float(np.dot(values, weights) / np.sum(weights))
-        else:
-            mean[key] = float(np.mean(values))
-    return mean
 
 
 def _eval(args) -> None:
     dataset = FORMATS[args.format](args.data)
-    count = len(dataset) if args.limit is None else min(args.limit, len(dataset))
-    config = _config(args)
-    est = _estimator(args, config)
-    results, counts = {}, {}
-    units = ("seq", "sequences") if args.format == "middlebury" else ("pair", "pairs")
-    for i in tqdm(range(count), desc=args.method, unit=units[0], file=sys.stderr, disable=None):
-        pair, sample = dataset.pairs[i], dataset[i]
-        flow, _, flow_s = _timed_flow(est, sample.frame1, sample.frame2, (str(pair.frame1), str(pair.frame2)))
-        row, counts[sample.name] = _sample_metrics(flow, sample)
-        results[sample.name] = row | {"time_s": flow_s}
-    mean = _mean(results, counts, POOLED[args.format])
-    columns = ({k: COLUMNS[k] for k in _METRICS} | {k: h for k, h in SPLIT_COLUMNS.items() if k in mean}
-               | {"time_s": COLUMNS["time_s"]})
-    compile_s = sum(est.compile_seconds.values())
-    print(_table(results | {"mean": mean}, columns))
-    report = {"method": args.method, "format": args.format, "config": to_dict(config), "compile_s": compile_s,
-              "sequences": results, "mean": mean}
+    config, est = _estimator(args)
+    report = evaluate(est, dataset, args.format, args.limit, desc=args.label)
+    print(report.table())
     if args.json:
-        atomic_write_bytes(args.json, (json.dumps(report, indent=2) + "\n").encode())
+        result = {"method": args.label, "checkpoint": args.checkpoint, "format": args.format, "config": to_dict(config),
+                  "compile_s": report.compile_s, "sequences": report.rows, "mean": report.mean}
+        atomic_write_bytes(args.json, (json.dumps(result, indent=2) + "\n").encode())
     target = f" -> {args.json}" if args.json else ""
-    print(f"{args.method}: compiled in {compile_s:.1f} s, {len(results)} {units[1]} in "
-          f"{sum(r['time_s'] for r in results.values()):.2f} s{target}", file=sys.stderr)
+    units = "sequences" if args.format == "middlebury" else "pairs"
+    print(f"{args.label}: compiled in {report.compile_s:.1f} s, {len(report.rows)} {units} in "
+          f"{sum(r['time_s'] for r in report.rows.values()):.2f} s{target}", file=sys.stderr)
 
 
 def _models(args) -> None:
@@ -194,7 +138,30 @@ def _models(args) -> None:
 
 
 def _show_config(args) -> None:
-    print(to_json(_config(args)))
+    if args.experiment:
+        if args.method is not None:
+            raise InputError("--method and --experiment exclude each other: an experiment names its base method")
+        print(to_json(load_experiment(args.experiment, args.set)))
+    else:
+        print(to_json(_config(args)))
+
+
+def _ablate(args) -> None:
+    config = load_experiment(args.config, args.set)
+    _enable_cache(args)
+    rows = run_ablation(config, args.workdir, progress=not args.quiet)
+    print(markdown(rows), end="")
+    print(f"tables and chart -> {os.path.join(args.workdir, 'ablation.{md,csv,png}')}", file=sys.stderr)
+
+
+def _train(args) -> None:
+    config = load_experiment(args.config, args.set)
+    _enable_cache(args)
+    result = train(config, args.workdir, progress=not args.quiet)
+    lines = [f"{name}: EPE {m['epe']:.3f}" for name, m in result["validation"].items()]
+    print(f"trained {result['params']} parameters for {result['steps']} steps in "
+          f"{result['train_seconds']:.0f} s -> {args.workdir}" + "".join(f"; {line}" for line in lines),
+          file=sys.stderr)
 
 
 def _positive_int(text: str) -> int:
@@ -225,13 +192,16 @@ def _parser() -> argparse.ArgumentParser:
 
     # Options of every command that picks a method; --no-cache is also accepted after the command.
     method = argparse.ArgumentParser(add_help=False)
-    method.add_argument("--method", default="tv-l1", metavar="NAME", help=_METHOD_HELP)
+    method.add_argument("--method", metavar="NAME", help=_METHOD_HELP)
     method.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override a config key, e.g. smoothness.alpha=3 (repeatable; "
                              "`unroll config` lists the keys)")
     compiling = argparse.ArgumentParser(add_help=False, parents=[method])
     compiling.add_argument("--no-cache", action="store_true", default=argparse.SUPPRESS,
                            help="do not use the persistent compilation cache")
+    compiling.add_argument("--checkpoint", metavar="DIR",
+                           help="use the trained model in DIR (an `unroll train` workdir) instead of --method; "
+                                "--set may still change its method keys, e.g. solver.num_iters")
 
     flow = commands.add_parser(
         "flow", parents=[compiling], formatter_class=formatter, help="compute the flow between two frames",
@@ -276,9 +246,49 @@ def _parser() -> argparse.ArgumentParser:
     config = commands.add_parser(
         "config", parents=[method], formatter_class=formatter, help="print a method's full config as JSON",
         description=textwrap.fill("Print the resolved configuration of a method (after --set) as JSON: every key "
-                    "that --set accepts, with its value."),
-        epilog="example:\n  unroll config --method tv-l1 --set smoothness.alpha=3 --set solver.num_iters=50")
+                    "that --set accepts, with its value. With --experiment, the whole experiment of a "
+                    "config file (method, optim, data, run, validation sections)."),
+        epilog="examples:\n  unroll config --method tv-l1 --set smoothness.alpha=3 --set solver.num_iters=50\n"
+               "  unroll config --experiment experiments/hybrid_hs.toml --set optim.steps=10")
+    config.add_argument("--experiment", metavar="FILE", help="an experiment config file (.toml or .json)")
     config.set_defaults(func=_show_config)
+
+    # Options of the commands that run an experiment file.
+    experiment_options = argparse.ArgumentParser(add_help=False)
+    experiment_options.add_argument("config", metavar="CONFIG", help="experiment config file (.toml or .json)")
+    experiment_options.add_argument("--workdir", required=True, metavar="DIR",
+                                    help="run folder (created, or resumed)")
+    experiment_options.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                                    help="override a key of the experiment, e.g. optim.steps=100 (repeatable)")
+    experiment_options.add_argument("--quiet", action="store_true", help="no progress bars")
+    experiment_options.add_argument("--no-cache", action="store_true", default=argparse.SUPPRESS,
+                                    help="do not use the persistent compilation cache")
+    training = commands.add_parser(
+        "train", parents=[experiment_options], formatter_class=formatter, help="train a model from an experiment config file",
+        description=textwrap.fill("Train the method of the experiment CONFIG (.toml or .json; `unroll config "
+                    "--experiment CONFIG` shows every key) in DIR: checkpoints of parameters, optimiser "
+                    "and data position every run.checkpoint_every steps, a metrics log (DIR/log.jsonl, and "
+                    "DIR/tensorboard when tensorboardX is installed), validation on synthetic pairs and "
+                    "on the real sequences of validation.real_data, and DIR/result.json at the end. "
+                    "Running it again on DIR resumes from the newest checkpoint (and does nothing more "
+                    "once finished). Use the result with `unroll flow|eval --checkpoint DIR`."),
+        epilog="examples:\n  unroll train experiments/hybrid_hs.toml --workdir runs/hybrid\n"
+               "  unroll train experiments/hybrid_hs.toml --set optim.steps=50 --set data.batch_size=2 "
+               "--workdir runs/quick")
+    training.set_defaults(func=_train)
+
+    ablate = commands.add_parser(
+        "ablate", parents=[experiment_options], formatter_class=formatter,
+        help="train and compare hand-tuned, one-learned-operator and all-learned variants",
+        description=textwrap.fill("From the experiment CONFIG, whose method is hand-tuned, run: all operators "
+                    "hand-tuned; each operator of the [ablation] section learned alone; all of them "
+                    "learned. Same data, budget and seed for each; every variant is a training run in "
+                    "DIR/<variant> (finished runs are reused, interrupted ones resume). Prints a Markdown "
+                    "table (EPE and px1/3/5 on the synthetic validation pairs and on the real sequences, "
+                    "parameters, training seconds) and writes DIR/ablation.md, ablation.csv and a bar "
+                    "chart ablation.png."),
+        epilog="example:\n  unroll ablate experiments/ablation_hs.toml --workdir runs/ablation")
+    ablate.set_defaults(func=_ablate)
     return parser
 
 

@@ -21,15 +21,23 @@ class Energy(nnx.Module):
         self.data = data
         self.smoothness = smoothness
 
-    def linearize(self, features1, features2_warped, valid, flow0) -> Evidence:
-        """Evidence for both terms: the data term's and frame 1's features (see AbstractDataTerm)."""
-        return {"data": self.data.linearize(features1, features2_warped, valid, flow0), "image": features1}
+    def context(self, features1: jax.Array) -> dict:
+        """What does not depend on the flow: frame 1's features ``image`` and the smoothness term's
+        context of them (see AbstractSmoothness); compute it once per pyramid level."""
+        smoothness = self.smoothness.context(features1) if self.smoothness is not None else None
+        return {"image": features1, "smoothness": smoothness}
+
+    def linearize(self, features1, features2_warped, valid, flow0, context: dict | None = None) -> Evidence:
+        """Evidence for both terms: the data term's (see AbstractDataTerm) and the entries of
+        ``context`` (default: ``self.context(features1)``)."""
+        context = self.context(features1) if context is None else context
+        return {"data": self.data.linearize(features1, features2_warped, valid, flow0), **context}
 
     def value(self, evidence: Evidence, flow: jax.Array) -> jax.Array:
         """Scalar energy of ``flow`` ``(h, w, 2)``."""
         total = jnp.sum(self.data.energy(evidence["data"], flow))
         if self.smoothness is not None:
-            total = total + self.smoothness.energy(flow, evidence["image"])
+            total = total + self.smoothness.energy(flow, evidence["smoothness"])
         return total
 
     def gradient(self, evidence: Evidence, flow: jax.Array) -> jax.Array:
@@ -44,7 +52,7 @@ class Energy(nnx.Module):
         """``gradient`` and ``curvature`` together, sharing the terms' reweighting work."""
         grad, block = self.data.gradient_and_curvature(evidence["data"], flow)
         if self.smoothness is not None:
-            smooth_grad, diag = self.smoothness.gradient_and_curvature(flow, evidence["image"])
+            smooth_grad, diag = self.smoothness.gradient_and_curvature(flow, evidence["smoothness"])
             grad, block = grad + smooth_grad, block + _diagonal(diag)
         return grad, block
 

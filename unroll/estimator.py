@@ -26,9 +26,9 @@ class FlowEstimator:
         >>> flow = est(read_image("frame10.png"), read_image("frame11.png"))  # (h, w, 2)
     """
 
-    def __init__(self, config: MethodConfig):
+    def __init__(self, config: MethodConfig, seed: int = 0):
         self.config = config
-        self.model = build(config)
+        self.model = build(config, seed=seed)
         graphdef, self._state = nnx.split(self.model)
 
         def flow(state, frame1, frame2):
@@ -39,6 +39,12 @@ class FlowEstimator:
         self._compiled: dict = {}
         #: Seconds spent compiling, per input shape (zero when the persistent cache had it).
         self.compile_seconds: dict[tuple, float] = {}
+
+    def load(self, params: nnx.State) -> None:
+        """Use ``params`` (the ``nnx.Param`` state of a model built from the same config) from now on;
+        compiled programs are kept."""
+        nnx.update(self.model, params)
+        self._state = nnx.state(self.model)
 
     def prepare(self, frame: np.ndarray) -> np.ndarray:
         """``(h, w, c)`` float32 frame in the channels the method uses."""

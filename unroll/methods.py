@@ -14,6 +14,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from classical.cost_volume import CostVolume
 from classical.data_terms import BrightnessConstancy, WindowedBrightnessConstancy
 from classical.penalties import Charbonnier, Quadratic
 from classical.prefilters import GaussianPrefilter
@@ -41,13 +42,14 @@ class PenaltyConfig:
 
 @dataclass(frozen=True)
 class DataConfig:
-    """Data term. ``brightness``: pointwise constancy; ``windowed``: Gaussian-window (Lucas-Kanade).
+    """Data term. ``brightness``: pointwise constancy; ``windowed``: Gaussian-window (Lucas-Kanade);
+    ``cost-volume``: soft matching over a local cost volume (``radius``, ``temperature``).
 
     ``gradient_weight`` > 0 adds gradient constancy (pointwise term only); ``colour`` uses the
     three colour channels instead of grey.
     """
 
-    kind: str = choice("brightness", "brightness", "windowed")
+    kind: str = choice("brightness", "brightness", "windowed", "cost-volume")
     penalty: PenaltyConfig = PenaltyConfig()
     weight: float = 1.0
     blend: float = 0.5
@@ -55,6 +57,11 @@ class DataConfig:
     window_sigma: float = 2.0
     colour: bool = False
     learned_channels: int = 0
+    """> 0: constancy of learned features ``I + CNN(I)``, the CNN this many channels wide."""
+    radius: int = 3
+    """``cost-volume``: the matching window spans displacements ``-radius..radius`` px in x and y."""
+    temperature: float = 10.0
+    """``cost-volume``: softmax temperature over the windowed SSD costs, in grey-level^2."""
 
 
 @dataclass(frozen=True)
@@ -92,6 +99,8 @@ class PyramidConfig:
     """Coarse-to-fine: at most ``levels`` levels ``scale`` apart, ``warps`` linearisations per level.
 
     ``learned_prefilter``: one learned normalised blur kernel per level (starts Gaussian).
+    ``stop_warp_gradient``: when training, no gradient through the warp and linearisation point
+    (RAFT's detach); the gradient still flows through the iterations.
     """
 
     levels: int = 1
@@ -102,16 +111,22 @@ class PyramidConfig:
     median_size: int = 0
     min_size: int = 16
     learned_prefilter: bool = False
+    stop_warp_gradient: bool = False
 
 
 @dataclass(frozen=True)
 class SolverConfig:
-    """``num_iters`` iterations per linearisation (``level_iters``: per level, finest first)."""
+    """``num_iters`` iterations per linearisation (``level_iters``: per level, finest first).
+
+    ``unroll``: iterations and warps as straight-line code, not loops (slower to compile; on CPU,
+    learned operators with convolutions train about 10x faster so).
+    """
 
     num_iters: int = 100
     level_iters: tuple[int, ...] = ()
     gradient: str = choice("unrolled", "unrolled", "truncated", "implicit")
     remat: bool = False
+    unroll: bool = False
 
 
 @dataclass(frozen=True)
@@ -139,6 +154,8 @@ def _data(config: DataConfig, rngs: nnx.Rngs):
     data = {
         "brightness": lambda: BrightnessConstancy(penalty, config.weight, config.blend, config.gradient_weight),
         "windowed": lambda: WindowedBrightnessConstancy(config.window_sigma, penalty, config.weight, config.blend),
+        "cost-volume": lambda: CostVolume(config.radius, config.window_sigma, config.temperature, penalty=penalty,
+                                          weight=config.weight),
     }[config.kind]()
     if config.learned_channels > 0:
         data = LearnedFeatures(data, frame_channels(config), config.learned_channels, rngs=rngs)
@@ -188,10 +205,16 @@ def build(config: MethodConfig, keep_trajectory: bool = False, seed: int = 0) ->
     channels = jax.eval_shape(data.features, frame).shape[-1]  # what the context networks read
     energy = Energy(data, _smoothness(config.smoothness, channels, rngs))
     step = _step(config.step, max((config.solver.num_iters,) + config.solver.level_iters), channels, rngs)
-    solver = UnrolledSolver(energy, step, config.solver.num_iters, _gradient_mode(config.solver), keep_trajectory)
+    solver = UnrolledSolver(energy, step, config.solver.num_iters, _gradient_mode(config.solver), keep_trajectory,
+                            config.solver.unroll)
     p = config.pyramid
     return CoarseToFine(solver, _prefilter(p), BilinearWarp(), p.levels, p.scale, p.warps, config.solver.level_iters,
-                        p.median_size, p.min_size)
+                        p.median_size, p.min_size, p.stop_warp_gradient)
+
+
+def count_params(config: MethodConfig) -> int:
+    """Number of learned parameters (scalars in ``nnx.Param`` leaves) of the method."""
+    return sum(int(leaf.size) for leaf in jax.tree.leaves(nnx.state(build(config), nnx.Param)))
 
 
 def _charbonnier(eps: float) -> PenaltyConfig:

@@ -62,23 +62,34 @@ class AbstractDataTerm(nnx.Module):
 class AbstractSmoothness(nnx.Module):
     """The weighted regulariser: how implausible a flow field is on its own."""
 
+    def context(self, image: jax.Array):
+        """What the term needs of frame 1 ``image`` ``(h, w, c)`` at this level (e.g. edge weights
+        from a network), computed once per linearisation and passed to the methods below as
+        ``context``. Default: the image itself."""
+        return image
+
     @abc.abstractmethod
-    def energy(self, flow: jax.Array, image: jax.Array) -> jax.Array:
-        """Scalar energy of ``flow`` ``(h, w, 2)``; ``image`` ``(h, w, c)`` is frame 1 at this level
+    def energy(self, flow: jax.Array, context) -> jax.Array:
+        """Scalar energy of ``flow`` ``(h, w, 2)``; ``context`` is what ``context(image)`` returned
         (for image-conditioned regularisers)."""
 
     @abc.abstractmethod
-    def curvature(self, flow: jax.Array, image: jax.Array) -> jax.Array:
+    def curvature(self, flow: jax.Array, context) -> jax.Array:
         """``(h, w, 2)`` diagonal majoriser of the Hessian (reweighted neighbour weights)."""
 
-    def gradient_and_curvature(self, flow: jax.Array, image: jax.Array) -> tuple[jax.Array, jax.Array]:
+    def gradient_and_curvature(self, flow: jax.Array, context) -> tuple[jax.Array, jax.Array]:
         """``(h, w, 2)`` gradient of ``energy`` and ``(h, w, 2)`` curvature; override to share work
         between the two (the default differentiates ``energy``)."""
-        return jax.grad(lambda f: self.energy(f, image))(flow), self.curvature(flow, image)
+        return jax.grad(lambda f: self.energy(f, context))(flow), self.curvature(flow, context)
 
 
 class AbstractStep(nnx.Module):
     """One update of the flow: gradient step, preconditioned step, or a learned (recurrent) update."""
+
+    def context(self, image: jax.Array) -> Any:
+        """What the step needs of frame 1 ``image`` ``(h, w, c)`` (e.g. a network's features of
+        it), computed once per pyramid level and found in ``evidence["step"]``. Default: None."""
+        return None
 
     def init_state(self, energy: "Energy", evidence: Evidence, flow: jax.Array) -> Any:
         """State carried from iteration to iteration (a pytree; None for memoryless steps)."""

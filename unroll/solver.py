@@ -42,15 +42,26 @@ class UnrolledSolver(nnx.Module):
         num_iters: iterations per solve (a static number: the stack is fixed).
         gradient: how the backward pass treats the stack (default: full unrolling).
         keep_trajectory: also return every intermediate flow (for sequence losses).
+        unroll: lay the iterations out as straight-line code instead of a loop: a longer
+            compile, but on CPU the gradients of convolutions inside loops are about 10x slower,
+            so learned step operators train faster unrolled.
     """
 
     def __init__(self, energy: Energy, step: AbstractStep, num_iters: int,
-                 gradient: AbstractGradientMode | None = None, keep_trajectory: bool = False):
+                 gradient: AbstractGradientMode | None = None, keep_trajectory: bool = False,
+                 unroll: bool = False):
         self.energy = energy
         self.step = step
         self.num_iters = num_iters
         self.gradient = gradient if gradient is not None else Unrolled()
         self.keep_trajectory = keep_trajectory
+        self.unroll = unroll
+
+    def context(self, features1: jax.Array) -> dict:
+        """The flow-independent part of the evidence for frame 1's features ``(h, w, c)``: the
+        energy's context and the step's (``"step"``). Compute it once per pyramid level and pass
+        it to ``energy.linearize``."""
+        return self.energy.context(features1) | {"step": self.step.context(features1)}
 
     def __call__(self, evidence: Evidence, flow0: jax.Array, num_iters: int | None = None) -> Solution:
         """Iterate from ``flow0`` ``(h, w, 2)`` on precomputed ``evidence`` (see ``Energy.linearize``)."""
@@ -60,6 +71,7 @@ class UnrolledSolver(nnx.Module):
             self.num_iters if num_iters is None else num_iters,
             self.keep_trajectory,
             lambda flow: self.energy.gradient(evidence, flow),
+            self.unroll,
         )
         return Solution(flow, trajectory)
 
@@ -92,11 +104,16 @@ class CoarseToFine(nnx.Module):
             beyond the tuple (or all, when empty) use ``solver.num_iters``.
         median_size: side of the median filter applied after each warp (0 = none).
         min_size: smallest pyramid image side, in pixels.
+        stop_warp_gradient: no gradient through the linearisation point (the warp's resampling of
+            frame 2 and the evidence built there), as RAFT detaches its lookup coordinates; the
+            gradient still flows through the iterations and from warp to warp and level to level.
+            Differentiating through repeated resampling multiplies image gradients and can
+            explode when training.
     """
 
     def __init__(self, solver: UnrolledSolver, prefilter: AbstractPrefilter, warp: AbstractWarp,
                  num_levels: int = 1, scale: float = 0.5, warps: int = 1, level_iters: tuple[int, ...] = (),
-                 median_size: int = 0, min_size: int = 16):
+                 median_size: int = 0, min_size: int = 16, stop_warp_gradient: bool = False):
         if not 0.0 < scale < 1.0:
             raise ValueError(f"scale must lie in (0, 1), got {scale}")
         self.solver = solver
@@ -108,6 +125,7 @@ class CoarseToFine(nnx.Module):
         self.level_iters = tuple(level_iters)
         self.median_size = median_size
         self.min_size = min_size
+        self.stop_warp_gradient = stop_warp_gradient
 
     def pyramid(self, frame: jax.Array) -> list[jax.Array]:
         """Prefiltered pyramid of ``frame`` ``(h, w, c)``, finest first."""
@@ -137,12 +155,16 @@ class CoarseToFine(nnx.Module):
         return Solution(flow, trajectory)
 
     def _refine(self, features1, features2, flow, iters):
-        """``warps`` rounds of warp, linearise, solve (and median-filter) on one level, as one loop."""
+        """``warps`` rounds of warp, linearise, solve (and median-filter) on one level, as one loop
+        (laid out flat when the solver unrolls)."""
+
+        context = self.solver.context(features1)  # image-only work stays out of the loop
 
         def one_warp(_, carry):
             flow, _ = carry
-            warped, valid = self.warp(features2, flow)
-            evidence = self.solver.energy.linearize(features1, warped, valid, flow)
+            point = jax.lax.stop_gradient(flow) if self.stop_warp_gradient else flow
+            warped, valid = self.warp(features2, point)
+            evidence = self.solver.energy.linearize(features1, warped, valid, point, context)
             solution = self.solver(evidence, flow, iters)
             flow = solution.flow
             if self.median_size > 1:
@@ -150,4 +172,4 @@ class CoarseToFine(nnx.Module):
             return flow, solution.trajectory
 
         trajectory = jnp.zeros((iters,) + flow.shape, flow.dtype) if self.solver.keep_trajectory else None
-        return jax.lax.fori_loop(0, self.warps, one_warp, (flow, trajectory))
+        return jax.lax.fori_loop(0, self.warps, one_warp, (flow, trajectory), unroll=self.solver.unroll)

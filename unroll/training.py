@@ -29,17 +29,21 @@ class OptimConfig:
     max_flow: float = 400.0
 
 
-def optimizer(config: OptimConfig) -> optax.GradientTransformation:
-    """The optax transformation described by ``config``."""
+def learning_rate(config: OptimConfig) -> optax.Schedule:
+    """The learning rate as a function of the step."""
     warmup = max(1, int(config.warmup_fraction * config.steps))
-    schedule = {
+    return {
         "onecycle": lambda: optax.cosine_onecycle_schedule(config.steps, config.learning_rate,
                                                            pct_start=config.warmup_fraction),
         "cosine": lambda: optax.warmup_cosine_decay_schedule(0.0, config.learning_rate, warmup, config.steps),
         "constant": lambda: optax.constant_schedule(config.learning_rate),
     }[config.schedule]()
+
+
+def optimizer(config: OptimConfig) -> optax.GradientTransformation:
+    """The optax transformation described by ``config``."""
     return optax.chain(optax.clip_by_global_norm(config.clip),
-                       optax.adamw(schedule, weight_decay=config.weight_decay, eps=1e-8))
+                       optax.adamw(learning_rate(config), weight_decay=config.weight_decay, eps=1e-8))
 
 
 def make_train_step(model: nnx.Module, config: OptimConfig) -> tuple[Callable, nnx.State, optax.OptState]:

@@ -1,0 +1,129 @@
+"""``train(config, workdir)``: the training loop of an experiment, resumable from its checkpoints.
+
+The workdir holds ``config.json``, ``checkpoints/`` (see ``unroll.checkpoints``), ``log.jsonl``
+(see ``unroll.metrics_log``) and, once finished, ``result.json`` (final validation, parameter
+count, training seconds). Running it again on the same workdir resumes from the newest
+checkpoint and, because the data stream and every random draw are functions of (seed, step),
+ends with the same parameters as a run that was never interrupted.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+
+import jax
+import numpy as np
+from tqdm import tqdm
+
+from unroll.checkpoints import CONFIG_FILE, Checkpoints, read_config_file
+from unroll.config import ConfigError, flat_keys, to_dict
+from unroll.data.pipeline import TrainingData
+from unroll.errors import InputError
+from unroll.estimator import FlowEstimator
+from unroll.experiment import ExperimentConfig, experiment
+from unroll.files import atomic_write_bytes
+from unroll.methods import build, frame_channels
+from unroll.metrics_log import MetricsLog
+from unroll.training import learning_rate, make_train_step
+from unroll.validation import validate, validation_sets
+
+RESULT_FILE = "result.json"
+
+
+def write_json(path: Path, value) -> None:
+    atomic_write_bytes(path, (json.dumps(value, indent=2, sort_keys=True) + "\n").encode())
+
+
+def claim_workdir(workdir: Path, config: ExperimentConfig) -> None:
+    """Write ``config.json``, or check that an existing one describes the same experiment."""
+    path = workdir / CONFIG_FILE
+    if path.exists():
+        saved = flat_keys(experiment(read_config_file(workdir)))
+        differ = sorted(k for k, v in flat_keys(config).items() if saved.get(k) != v)
+        if differ:
+            raise ConfigError(f"{workdir} holds a run of another config (keys that differ: {', '.join(differ)}); "
+                              "use a new --workdir, or the same config to resume")
+        return
+    workdir.mkdir(parents=True, exist_ok=True)
+    write_json(path, to_dict(config))
+
+
+def summarise(reports: dict) -> dict:
+    """``{set: mean metrics}`` of validation reports, JSON-ready."""
+    return {name: report.mean for name, report in reports.items()}
+
+
+def train(config: ExperimentConfig, workdir: str | Path, progress: bool = True) -> dict:
+    """Train ``config`` in ``workdir`` (resuming if it holds a checkpoint) and return the result dict.
+
+    The result (also written to ``workdir/result.json``) holds ``params`` (count),
+    ``train_seconds`` (excluding compilation and validation), ``steps`` and ``validation``:
+    ``{set: mean metrics}`` of the final parameters.
+    """
+    workdir = Path(workdir)
+    claim_workdir(workdir, config)
+    model = build(config.method, keep_trajectory=True, seed=config.seed)
+    step_fn, params, opt_state = make_train_step(model, config.optim)
+    num_params = sum(int(np.size(leaf)) for leaf in jax.tree.leaves(params))
+    if num_params == 0:
+        raise InputError("the method has no learned operators, so there is nothing to train; make one learned, "
+                         "e.g. --set method.step.learned=gru (see docs/learned.md)")
+    checkpoints = Checkpoints(workdir, keep=config.run.keep_checkpoints)
+    start = checkpoints.latest_step() or 0
+    progress_state = {"step": 0, "data_position": 0, "seed": config.seed, "train_seconds": 0.0}
+    if start:
+        params, opt_state, progress_state = checkpoints.restore(start, params, opt_state)
+    log = MetricsLog(workdir, start)
+    data = TrainingData(config.data, config.seed, frame_channels(config.method.data))
+    estimator = FlowEstimator(config.method, seed=config.seed)
+    sets = validation_sets(config)
+    schedule = learning_rate(config.optim)
+    total = config.optim.steps
+    train_seconds = progress_state["train_seconds"]
+    try:
+        bar = tqdm(total=total, initial=start, desc=workdir.name, unit="step", file=sys.stderr,
+                   disable=None if progress else True, dynamic_ncols=True)
+        batches = data.stream(start, total)
+        for step in range(start, total):
+            batch = next(batches)
+            tick = time.perf_counter()
+            if step == start:
+                compile_start = tick
+                step_fn = step_fn.lower(params, opt_state, batch).compile()
+                log.write(step, "compile", {"seconds": time.perf_counter() - compile_start})
+                tick = time.perf_counter()
+            params, opt_state, measured = step_fn(params, opt_state, batch)
+            measured = {k: float(v) for k, v in measured.items()}
+            train_seconds += time.perf_counter() - tick
+            if not np.isfinite(measured["loss"]):
+                raise FloatingPointError(f"step {step + 1}: the loss is {measured['loss']}; lower "
+                                         "optim.learning_rate or check the data")
+            done = step + 1
+            bar.update(1)
+            if done % config.run.log_every == 0 or done == total:
+                bar.set_postfix(loss=f"{measured['loss']:.3f}", epe=f"{measured['epe']:.3f}")
+                log.write(done, "train", measured | {"learning_rate": float(schedule(step)),
+                                                     "train_seconds": train_seconds})
+            if done % config.run.checkpoint_every == 0 or done == total:
+                checkpoints.save(done, params, opt_state,
+                                 {"step": done, "data_position": done * config.data.batch_size,
+                                  "seed": config.seed, "train_seconds": train_seconds})
+            if (config.run.validate_every and done % config.run.validate_every == 0) or done == total:
+                estimator.load(params)
+                reports = validate(estimator, sets)
+                for name, report in reports.items():
+                    log.write(done, f"validate/{name}", report.mean)
+        bar.close()
+    finally:
+        checkpoints.close()
+        log.close()
+    if start >= total:  # already finished: measure the saved parameters
+        estimator.load(params)
+        reports = validate(estimator, sets)
+    result = {"params": num_params, "steps": total, "train_seconds": train_seconds,
+              "validation": summarise(reports)}
+    write_json(workdir / RESULT_FILE, result)
+    return result
