@@ -1,4 +1,5 @@
-"""The ``unroll`` command line: compute flow, evaluate methods, list methods, show configs.
+"""The ``unroll`` command line: compute flow, evaluate methods, list methods, show configs, train
+hybrids from experiment files and run ablations.
 
 Results go to stdout (the evaluation table, the method list, the config JSON); progress and
 timing lines go to stderr. Bad input of any kind ends with one line
@@ -183,7 +184,10 @@ def _parser() -> argparse.ArgumentParser:
                "  unroll flow frame10.png frame11.png -o flow.flo --viz flow.png\n"
                "  unroll eval --method horn-schunck --data data/\n"
                "  unroll models\n"
-               "  unroll config --method tv-l1 --set smoothness.alpha=3\n\n"
+               "  unroll config --method tv-l1 --set smoothness.alpha=3\n"
+               "  unroll train experiments/hybrid_hs.toml --workdir runs/hybrid_hs\n"
+               "  unroll eval --checkpoint runs/hybrid_hs --data ../shared/data\n"
+               "  unroll ablate experiments/ablation_hs.toml --workdir runs/ablation_hs\n\n"
                "Run `unroll COMMAND --help` for the options of a command.")
     parser.add_argument("--no-cache", action="store_true",
                         help="do not use the persistent compilation cache (directory: $UNROLL_CACHE_DIR, "
