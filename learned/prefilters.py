@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
@@ -22,17 +23,28 @@ def _padded_gaussian(sigma: float, radius: int) -> np.ndarray:
 
 
 class LearnedPrefilter(AbstractPrefilter):
-    """Separable blur with learned taps per level, divided by their sum (so it keeps brightness).
+    """Separable blur with learned taps per level: ``softmax`` of symmetric logits, so the taps
+    are positive, symmetric and sum to 1 — a learned *blur* that keeps brightness and cannot ring
+    (free taps normalised by their sum drifted into negative lobes in training and aliased the
+    pyramid).
 
     Initialised to the ``GaussianPrefilter(sigma, input_sigma)`` taps, truncated to ``radius``
-    (the default radius 4 holds the sigma = 1 Gaussian exactly).
+    (the default radius 4 holds the sigma = 1 Gaussian exactly). Taps that are zero there start at
+    ``floor``; a level whose hand-tuned filter is the identity (``input_sigma = 0``) therefore stays
+    (almost exactly) the identity.
     """
 
-    def __init__(self, num_levels: int, sigma: float = 1.0, input_sigma: float = 0.0, radius: int = 4):
+    def __init__(self, num_levels: int, sigma: float = 1.0, input_sigma: float = 0.0, radius: int = 4,
+                 floor: float = 1e-8):
         init = [_padded_gaussian(input_sigma, radius)] + [_padded_gaussian(sigma, radius)] * (num_levels - 1)
-        self.taps = nnx.Param(jnp.asarray(np.stack(init), jnp.float32))
+        half = np.stack(init)[:, radius:]  # centre tap first
+        self.logits = nnx.Param(jnp.asarray(np.log(np.maximum(half, floor)), jnp.float32))
+
+    def taps(self, level: int) -> jax.Array:
+        """The ``(2 radius + 1,)`` taps of ``level``."""
+        half = self.logits[min(level, self.logits.shape[0] - 1)]
+        return jax.nn.softmax(jnp.concatenate([half[:0:-1], half]))
 
     def __call__(self, image, level):
-        taps = self.taps[min(level, self.taps.shape[0] - 1)]
-        taps = taps / jnp.sum(taps)
+        taps = self.taps(level)
         return image_ops.correlate1d(image_ops.correlate1d(image, taps, 0), taps, 1)

@@ -11,6 +11,7 @@ import pytest
 from flax import nnx
 from helpers import textured_pair
 
+from learned.prefilters import LearnedPrefilter
 from unroll.config import override
 from unroll.methods import build, preset
 
@@ -25,7 +26,7 @@ LEARNED = {
 }
 # The learned part of each model, as it appears in the parameters' paths.
 OWNERS = {"features": "encoder", "edge-weights": "edge_weights", "step-sizes": "scales",
-          "preconditioner": "net", "gru": "step", "prefilter": "taps"}
+          "preconditioner": "net", "gru": "step", "prefilter": "logits"}
 
 
 def frames():
@@ -62,8 +63,10 @@ def test_hand_tuned_methods_have_no_parameters():
 @pytest.mark.parametrize("name", sorted(LEARNED))
 def test_training_can_start_from_the_classical_point(name):
     # At initialisation (exactly the hand-tuned method) the loss must already have a gradient:
-    # a learned part that starts at a stationary point of the loss would never move.
-    model = learned_model(name, size=["pyramid.levels=1", "pyramid.warps=1", "solver.num_iters=3"])
+    # a learned part that starts at a stationary point of the loss would never move. (Two levels:
+    # the second one's prefilter is a Gaussian; the first one's, for tv-l1, the identity.)
+    model = learned_model(name, size=["pyramid.levels=2", "pyramid.min_size=8", "pyramid.warps=1",
+                                      "solver.num_iters=3"])
     f1, f2 = frames()
     target = jnp.broadcast_to(jnp.array([1.1, -0.8]), f1.shape[:2] + (2,))
     grads = nnx.jit(nnx.grad(lambda m: jnp.mean(jnp.abs(m(f1, f2).flow - target)), argnums=nnx.DiffState(0, nnx.Param)))(model)
@@ -83,3 +86,14 @@ def test_gradients_reach_every_learned_parameter(name):
     grads = nnx.jit(nnx.grad(lambda m: jnp.mean(m(f1, f2).flow ** 2)))(model)
     for path, g in jax.tree_util.tree_leaves_with_path(grads):
         assert np.abs(np.asarray(g)).max() > 0, jax.tree_util.keystr(path)
+
+
+def test_learned_prefilter_taps_stay_a_symmetric_positive_blur():
+    prefilter = LearnedPrefilter(num_levels=2, sigma=1.0, input_sigma=0.0)
+    noise = jax.random.normal(jax.random.key(0), prefilter.logits.shape)
+    prefilter.logits[...] = prefilter.logits[...] + 3.0 * noise
+    for level in (0, 1):
+        taps = np.asarray(prefilter.taps(level))
+        assert taps.shape == (9,) and (taps > 0).all()
+        np.testing.assert_allclose(taps, taps[::-1], rtol=1e-6)
+        np.testing.assert_allclose(taps.sum(), 1.0, rtol=1e-6)
