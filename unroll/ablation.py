@@ -29,9 +29,10 @@ _METRICS = ("epe", "px1", "px3", "px5")
 
 def variants(config: ExperimentConfig) -> dict[str, ExperimentConfig]:
     """``{name: experiment}``: hand-tuned, each operator learned alone, all learned."""
-    if count_params(config.method) != 0:
+    learned = count_params(config.method)
+    if learned:
         raise ConfigError("the method of an ablation must be hand-tuned (its [ablation] section makes operators "
-                          f"learned), but it has {count_params(config.method)} learned parameters")
+                          f"learned), but it has {learned} learned parameters")
     ablation = config.ablation
     operators = {name: tuple(getattr(ablation, name)) for name in ("data", "smoothness", "step", "prefilter")}
     operators = {name: sets for name, sets in operators.items() if sets}

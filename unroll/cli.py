@@ -15,9 +15,7 @@ import json
 import os
 import sys
 import textwrap
-import time
 
-import numpy as np
 from flax import nnx
 
 from unroll import compile_cache
@@ -90,23 +88,13 @@ def _estimator(args) -> tuple[MethodConfig, FlowEstimator]:
     return config, est
 
 
-def _timed_flow(est: FlowEstimator, frame1: np.ndarray, frame2: np.ndarray,
-                names: tuple[str, str]) -> tuple[np.ndarray, float, float]:
-    """Flow, compile seconds (for this shape) and flow seconds (excluding the compile)."""
-    est.check(frame1, frame2, names)
-    compile_s = est.compile(frame1, frame2)
-    start = time.perf_counter()
-    flow = est(frame1, frame2, names)
-    return flow, compile_s, time.perf_counter() - start
-
-
 def _flow(args) -> None:
     ext = os.path.splitext(args.output)[1].lower()
     if ext not in _FLOW_EXTENSIONS:
         raise InputError(f"{args.output}: unknown flow file extension {ext!r} (use .flo or .png)")
     frame1, frame2 = read_image(args.frame1), read_image(args.frame2)
     _, est = _estimator(args)
-    flow, compile_s, flow_s = _timed_flow(est, frame1, frame2, (args.frame1, args.frame2))
+    flow, compile_s, flow_s = est.timed(frame1, frame2, (args.frame1, args.frame2))
     write_flow(args.output, flow)
     outputs = [args.output]
     if args.viz:
@@ -301,7 +289,7 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         args.func(args)
-    except (InputError, OSError) as e:
+    except (InputError, OSError, FloatingPointError) as e:
         print(f"unroll: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

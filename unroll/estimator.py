@@ -77,6 +77,15 @@ class FlowEstimator:
         self._executable(self._single, frame1, frame2)
         return self.compile_seconds[(False, frame1.shape)]
 
+    def timed(self, frame1: np.ndarray, frame2: np.ndarray,
+              names=("frame1", "frame2")) -> tuple[np.ndarray, float, float]:
+        """Flow, compile seconds (for this shape; 0 once compiled) and flow seconds (excluding the compile)."""
+        self.check(frame1, frame2, names)
+        compile_s = self.compile(frame1, frame2)
+        start = time.perf_counter()
+        flow = self(frame1, frame2, names)
+        return flow, compile_s, time.perf_counter() - start
+
     def __call__(self, frame1: np.ndarray, frame2: np.ndarray, names=("frame1", "frame2")) -> np.ndarray:
         """Flow ``(h, w, 2)`` float32 from ``frame1`` to ``frame2``."""
         frame1, frame2 = self.check(frame1, frame2, names)

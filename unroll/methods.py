@@ -214,7 +214,12 @@ def build(config: MethodConfig, keep_trajectory: bool = False, seed: int = 0) ->
 
 def count_params(config: MethodConfig) -> int:
     """Number of learned parameters (scalars in ``nnx.Param`` leaves) of the method."""
-    return sum(int(leaf.size) for leaf in jax.tree.leaves(nnx.state(build(config), nnx.Param)))
+    return param_count(nnx.state(build(config), nnx.Param))
+
+
+def param_count(params) -> int:
+    """Number of scalars in the arrays of the pytree ``params``."""
+    return sum(int(leaf.size) for leaf in jax.tree.leaves(params))
 
 
 def _charbonnier(eps: float) -> PenaltyConfig:

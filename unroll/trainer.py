@@ -14,7 +14,6 @@ import sys
 import time
 from pathlib import Path
 
-import jax
 import numpy as np
 from tqdm import tqdm
 
@@ -25,7 +24,7 @@ from unroll.errors import InputError
 from unroll.estimator import FlowEstimator
 from unroll.experiment import ExperimentConfig, experiment
 from unroll.files import atomic_write_bytes
-from unroll.methods import build, frame_channels
+from unroll.methods import build, frame_channels, param_count
 from unroll.metrics_log import MetricsLog
 from unroll.training import learning_rate, make_train_step
 from unroll.validation import validate, validation_sets
@@ -67,7 +66,7 @@ def train(config: ExperimentConfig, workdir: str | Path, progress: bool = True) 
     claim_workdir(workdir, config)
     model = build(config.method, keep_trajectory=True, seed=config.seed)
     step_fn, params, opt_state = make_train_step(model, config.optim)
-    num_params = sum(int(np.size(leaf)) for leaf in jax.tree.leaves(params))
+    num_params = param_count(params)
     if num_params == 0:
         raise InputError("the method has no learned operators, so there is nothing to train; make one learned, "
                          "e.g. --set method.step.learned=gru (see docs/learned.md)")
