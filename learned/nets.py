@@ -28,6 +28,31 @@ class ConvNet(nnx.Module):
         return self.layers[-1](x)
 
 
+def conv2d(in_features: int, out_features: int, kernel: int | tuple[int, int], *, rngs: nnx.Rngs,
+           stride: int = 1) -> nnx.Conv:
+    """A biased convolution padded like torch's ``Conv2d(padding=k // 2)``: ``k // 2`` zeros on both
+    sides of each kernel dimension. (``"SAME"`` pads a stride-2 convolution asymmetrically.)"""
+    kernel = (kernel, kernel) if isinstance(kernel, int) else tuple(kernel)
+    return nnx.Conv(in_features, out_features, kernel, strides=stride, padding=[(k // 2, k // 2) for k in kernel],
+                    rngs=rngs)
+
+
+class ConvGRU(nnx.Module):
+    """Convolutional GRU cell (Ballas et al. 2016), as in RAFT's update block: hidden state
+    ``h (..., h, w, hidden)``, input ``x (..., h, w, inputs)``, a ``kernel``-sized convolution per gate."""
+
+    def __init__(self, hidden: int, inputs: int, *, rngs: nnx.Rngs, kernel: tuple[int, int] = (3, 3)):
+        gate = lambda: conv2d(hidden + inputs, hidden, kernel, rngs=rngs)
+        self.update_gate, self.reset_gate, self.candidate = gate(), gate(), gate()
+
+    def __call__(self, h: jax.Array, x: jax.Array) -> jax.Array:
+        hx = jnp.concatenate([h, x], -1)
+        z = jax.nn.sigmoid(self.update_gate(hx))
+        r = jax.nn.sigmoid(self.reset_gate(hx))
+        q = jnp.tanh(self.candidate(jnp.concatenate([r * h, x], -1)))
+        return (1 - z) * h + z * q
+
+
 def normalise_image(image: jax.Array) -> jax.Array:
     """Frames on the 0..255 scale to roughly zero-mean unit range, the scale networks train on."""
     return image / 127.5 - 1.0

@@ -6,7 +6,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from learned.nets import ConvNet, normalise_image
+from learned.nets import ConvGRU, ConvNet, normalise_image
 from unroll.operators import AbstractStep
 
 
@@ -48,21 +48,6 @@ class LearnedPreconditioner(AbstractStep):
         scale, inner = state
         new, inner = self.step(energy, evidence, flow, iteration, inner)
         return flow + scale * (new - flow), (scale, inner)
-
-
-class ConvGRU(nnx.Module):
-    """Convolutional GRU cell (Ballas et al. 2016), as in RAFT's update block."""
-
-    def __init__(self, hidden: int, inputs: int, *, rngs: nnx.Rngs):
-        conv = lambda: nnx.Conv(hidden + inputs, hidden, (3, 3), padding="SAME", rngs=rngs)
-        self.update_gate, self.reset_gate, self.candidate = conv(), conv(), conv()
-
-    def __call__(self, h: jax.Array, x: jax.Array) -> jax.Array:
-        hx = jnp.concatenate([h, x], -1)
-        z = jax.nn.sigmoid(self.update_gate(hx))
-        r = jax.nn.sigmoid(self.reset_gate(hx))
-        q = jnp.tanh(self.candidate(jnp.concatenate([r * h, x], -1)))
-        return (1 - z) * h + z * q
 
 
 class RecurrentStep(AbstractStep):

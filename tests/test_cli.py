@@ -32,7 +32,7 @@ from unroll.errors import InputError
 from unroll.estimator import FlowEstimator
 from unroll.flow_io import read_flow, write_flow
 from unroll.images import read_image, write_image
-from unroll.methods import PRESETS, preset
+from unroll.methods import METHODS, PRESETS, preset
 from unroll.metrics import flow_metrics
 
 from test_datasets import WRITERS
@@ -193,7 +193,7 @@ def test_frames_too_small(tmp_path, capsys):
 
 def test_unknown_method_lists_methods(frames, tmp_path, capsys):
     code = main(["flow", *frames, "--method", "nope", "-o", str(tmp_path / "o.flo")])
-    _assert_error(capsys, code, "'nope'", *PRESETS)
+    _assert_error(capsys, code, "'nope'", *METHODS)
 
 
 def test_unknown_output_extension(frames, tmp_path, capsys):
@@ -217,14 +217,15 @@ def test_usage_error_exits_2(capsys):
     assert "usage: unroll flow" in capsys.readouterr().err
 
 
-def test_models_lists_presets(capsys):
+def test_models_lists_methods_and_networks_with_parameter_counts(capsys):
     assert main(["models"]) == 0
     lines = capsys.readouterr().out.splitlines()[1:]
-    assert [line.split()[:2] for line in lines] == [[name, "0"] for name in PRESETS]
+    expected = [[name, "0"] for name in PRESETS] + [["raft", "5257536"], ["raft-small", "990162"]]
+    assert [line.split()[:2] for line in lines] == expected
 
 
-def test_every_preset_has_a_description():
-    assert set(DESCRIPTIONS) == set(PRESETS)
+def test_every_method_has_a_description():
+    assert set(DESCRIPTIONS) == set(METHODS)
     assert all(text and "\n" not in text for text in DESCRIPTIONS.values())
 
 

@@ -29,10 +29,11 @@ from unroll.evaluation import evaluate
 from unroll.flow_io import write_flow
 from unroll.files import atomic_write_bytes
 from unroll.images import read_image
-from unroll.experiment import load_experiment
-from unroll.methods import PRESETS, MethodConfig, count_params, preset
-from unroll.trainer import train
+from unroll.experiment import experiment, load_experiment
+from unroll.methods import METHODS, MODELS, MethodConfig, build, count_params, param_count, preset
+from unroll.trainer import start_from, train
 from unroll.visualize import write_flow_image
+from learned.raft.convert import convert, read_state_dict
 
 #: One line per method, shown by ``unroll models``; every preset needs one.
 DESCRIPTIONS: dict[str, str] = {
@@ -42,11 +43,14 @@ DESCRIPTIONS: dict[str, str] = {
                     "no smoothness term.",
     "tv-l1": "Charbonnier (robust, ~L1) data term and total-variation smoothness, "
              "red-black SOR with warping and median filtering.",
+    "raft": "RAFT (Teed & Deng 2020): learned features, all-pairs correlation lookup, SepConvGRU "
+            "update, convex upsampling (random weights: train, or convert the published ones).",
+    "raft-small": "RAFT-small: bottleneck encoders, ConvGRU update, radius-3 lookup, bilinear upsampling.",
 }
 
 _FLOW_EXTENSIONS = (".flo", ".png")
 DEFAULT_METHOD = "tv-l1"
-_METHOD_HELP = f"method name, one of: {', '.join(PRESETS)} (default: {DEFAULT_METHOD}; see `unroll models`)"
+_METHOD_HELP = f"method name, one of: {', '.join(METHODS)} (default: {DEFAULT_METHOD}; see `unroll models`)"
 
 
 def _config(args) -> MethodConfig:
@@ -57,13 +61,14 @@ def _config(args) -> MethodConfig:
 def _method(args) -> tuple[MethodConfig, nnx.State | None]:
     """The method config and, with ``--checkpoint``, its trained parameters; names ``args.label``."""
     checkpoint = getattr(args, "checkpoint", None)
+    overrides = args.set + ([f"solver.num_iters={args.iters}"] if getattr(args, "iters", None) else [])
     if checkpoint is None:
         args.label = args.method or DEFAULT_METHOD
-        return override(preset(args.label), args.set), None
+        return override(preset(args.label), overrides), None
     if args.method is not None:
         raise InputError("--method and --checkpoint exclude each other: a checkpoint brings its own method")
     args.label = os.path.basename(os.path.normpath(checkpoint))
-    return load_trained(checkpoint, args.set)
+    return load_trained(checkpoint, overrides)
 
 
 def _enable_cache(args) -> None:
@@ -120,10 +125,10 @@ def _eval(args) -> None:
 
 
 def _models(args) -> None:
-    width = max(map(len, PRESETS))
-    print(f"{'method':<{width}}  {'params':>8}  description")
-    for name, config in PRESETS.items():
-        print(f"{name:<{width}}  {count_params(config):>8}  {DESCRIPTIONS[name]}")
+    width = max(map(len, METHODS))
+    print(f"{'method':<{width}}  {'params':>9}  description")
+    for name, config in METHODS.items():
+        print(f"{name:<{width}}  {count_params(config):>9}  {DESCRIPTIONS[name]}")
 
 
 def _show_config(args) -> None:
@@ -153,6 +158,15 @@ def _train(args) -> None:
           file=sys.stderr)
 
 
+def _convert(args) -> None:
+    state_dict = read_state_dict(args.input)
+    config = experiment({"base": args.model}, args.set)
+    params = convert(state_dict, nnx.state(build(config.method), nnx.Param))
+    start_from(args.output, config, params)
+    print(f"converted {len(state_dict)} tensors ({param_count(params)} parameters) of {args.input} -> "
+          f"{args.output}; use it with --checkpoint {args.output}", file=sys.stderr)
+
+
 def _positive_int(text: str) -> int:
     try:
         value = int(text)
@@ -175,7 +189,8 @@ def _parser() -> argparse.ArgumentParser:
                "  unroll config --method tv-l1 --set smoothness.alpha=3\n"
                "  unroll train experiments/hybrid_hs.toml --workdir runs/hybrid_hs\n"
                "  unroll eval --checkpoint runs/hybrid_hs --data ../shared/data\n"
-               "  unroll ablate experiments/ablation_hs.toml --workdir runs/ablation_hs\n\n"
+               "  unroll ablate experiments/ablation_hs.toml --workdir runs/ablation_hs\n"
+               "  unroll convert raft raft-things.pth runs/raft-things\n\n"
                "Run `unroll COMMAND --help` for the options of a command.")
     parser.add_argument("--no-cache", action="store_true",
                         help="do not use the persistent compilation cache (directory: $UNROLL_CACHE_DIR, "
@@ -194,6 +209,9 @@ def _parser() -> argparse.ArgumentParser:
     compiling.add_argument("--checkpoint", metavar="DIR",
                            help="use the trained model in DIR (an `unroll train` workdir) instead of --method; "
                                 "--set may still change its method keys, e.g. solver.num_iters")
+    compiling.add_argument("--iters", type=_positive_int, metavar="N",
+                           help="iterations of the solver (RAFT: refinement iterations; classical: per "
+                                "linearisation); the same as --set solver.num_iters=N")
 
     flow = commands.add_parser(
         "flow", parents=[compiling], formatter_class=formatter, help="compute the flow between two frames",
@@ -281,6 +299,23 @@ def _parser() -> argparse.ArgumentParser:
                     "chart ablation.png."),
         epilog="example:\n  unroll ablate experiments/ablation_hs.toml --workdir runs/ablation")
     ablate.set_defaults(func=_ablate)
+
+    converting = commands.add_parser(
+        "convert", formatter_class=formatter, help="import PyTorch RAFT weights",
+        description=textwrap.fill("Convert a PyTorch RAFT checkpoint IN (the original princeton-vl/RAFT .pth "
+                    "files, with or without the `module.` prefix, or a torchvision raft_large / "
+                    "raft_small state dict saved with torch.save) into OUT_DIR, a run folder that "
+                    "`unroll flow|eval --checkpoint OUT_DIR` use and `unroll train` fine-tunes from. "
+                    "Every tensor is mapped: the command fails naming any that are missing, left over "
+                    "or of the wrong shape. Needs PyTorch (pip install 'unroll[torch]')."),
+        epilog="examples:\n  unroll convert raft raft-things.pth runs/raft-things\n"
+               "  unroll flow frame10.png frame11.png --checkpoint runs/raft-things --iters 32 -o flow.flo")
+    converting.add_argument("model", choices=list(MODELS), help="which network the weights are for")
+    converting.add_argument("input", metavar="IN", help="PyTorch checkpoint (.pth)")
+    converting.add_argument("output", metavar="OUT_DIR", help="run folder to create")
+    converting.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                            help="override a key of the run's experiment, e.g. method.model.correlation=on-the-fly")
+    converting.set_defaults(func=_convert)
     return parser
 
 

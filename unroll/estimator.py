@@ -9,7 +9,7 @@ import numpy as np
 from flax import nnx
 
 from unroll.images import check_frame_pair, to_grey
-from unroll.methods import MethodConfig, build
+from unroll.methods import MethodConfig, build, min_frame_side
 
 #: Smallest frame side the derivative stencils need, whatever the pyramid says.
 MIN_FRAME_SIDE = 5
@@ -68,7 +68,7 @@ class FlowEstimator:
     def check(self, frame1: np.ndarray, frame2: np.ndarray, names=("frame1", "frame2")) -> tuple[np.ndarray, np.ndarray]:
         """Validate and prepare a pair; raises ``InputError`` naming the problem."""
         check_frame_pair(np.asarray(frame1), np.asarray(frame2), names,
-                         min_size=max(MIN_FRAME_SIDE, self.config.pyramid.min_size))
+                         min_size=max(MIN_FRAME_SIDE, min_frame_side(self.config)))
         return self.prepare(frame1), self.prepare(frame2)
 
     def compile(self, frame1: np.ndarray, frame2: np.ndarray) -> float:

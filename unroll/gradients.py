@@ -25,15 +25,16 @@ from flax import nnx
 
 Carry = tuple  # (flow (h, w, 2), step state)
 StepFn = Callable[[Carry, jax.Array], Carry]
+#: What to keep of each iterate for the trajectory (e.g. the flow, upsampled); None keeps nothing.
+RecordFn = Callable[[Carry], jax.Array] | None
 
 
-def _scan(body: StepFn, carry0: Carry, num_iters: int, keep_trajectory: bool, unroll: bool):
+def _scan(body: StepFn, carry0: Carry, num_iters: int, record: RecordFn, unroll: bool):
     def scan_body(carry, i):
         new = body(carry, i)
-        return new, (new[0] if keep_trajectory else None)
+        return new, (record(new) if record is not None else None)
 
-    (flow, _), trajectory = jax.lax.scan(scan_body, carry0, jnp.arange(num_iters), unroll=unroll)
-    return flow, trajectory
+    return jax.lax.scan(scan_body, carry0, jnp.arange(num_iters), unroll=unroll)
 
 
 def conjugate_gradient(matvec: Callable[[jax.Array], jax.Array], rhs: jax.Array, num_iters: int) -> jax.Array:
@@ -55,9 +56,10 @@ class AbstractGradientMode(nnx.Module):
     """Runs the fixed iteration stack and chooses what its derivative is."""
 
     @abc.abstractmethod
-    def __call__(self, step: StepFn, carry0: Carry, num_iters: int, keep_trajectory: bool,
-                 residual: Callable[[jax.Array], jax.Array], unroll: bool = False) -> tuple[jax.Array, jax.Array | None]:
-        """Return the final flow ``(h, w, 2)`` and, if asked, the ``(num_iters, h, w, 2)`` trajectory.
+    def __call__(self, step: StepFn, carry0: Carry, num_iters: int, record: RecordFn,
+                 residual: Callable[[jax.Array], jax.Array], unroll: bool = False) -> tuple[Carry, jax.Array | None]:
+        """Return the final carry ``(flow (h, w, 2), state)`` and, unless ``record`` is None, the
+        trajectory: ``record(carry)`` of every iterate, stacked (``(num_iters, ...)``).
 
         ``residual(flow)`` is the energy gradient, zero at the fixed point (used by ``Implicit``).
         ``unroll=True`` lays the iterations out as straight-line code instead of a loop.
@@ -70,20 +72,20 @@ class Unrolled(AbstractGradientMode):
     def __init__(self, remat: bool = False):
         self.remat = remat
 
-    def __call__(self, step, carry0, num_iters, keep_trajectory, residual, unroll=False):
+    def __call__(self, step, carry0, num_iters, record, residual, unroll=False):
         body = jax.checkpoint(step) if self.remat else step
-        return _scan(body, carry0, num_iters, keep_trajectory, unroll)
+        return _scan(body, carry0, num_iters, record, unroll)
 
 
 class Truncated(AbstractGradientMode):
     """Stop the gradient of the flow between iterations (RAFT's ``coords1.detach()``)."""
 
-    def __call__(self, step, carry0, num_iters, keep_trajectory, residual, unroll=False):
+    def __call__(self, step, carry0, num_iters, record, residual, unroll=False):
         def body(carry, i):
             flow, state = carry
             return step((jax.lax.stop_gradient(flow), state), i)
 
-        return _scan(body, carry0, num_iters, keep_trajectory, unroll)
+        return _scan(body, carry0, num_iters, record, unroll)
 
 
 class Implicit(AbstractGradientMode):
@@ -96,13 +98,13 @@ class Implicit(AbstractGradientMode):
     def __init__(self, adjoint_iters: int = 200):
         self.adjoint_iters = adjoint_iters
 
-    def __call__(self, step, carry0, num_iters, keep_trajectory, residual, unroll=False):
+    def __call__(self, step, carry0, num_iters, record, residual, unroll=False):
         if carry0[1] is not None:
             raise ValueError("implicit differentiation needs a memoryless step operator (its fixed point "
                              "must be a zero of the energy gradient); use Unrolled or Truncated")
-        flow, trajectory = jax.lax.stop_gradient(_scan(step, carry0, num_iters, keep_trajectory, unroll))
+        (flow, _), trajectory = jax.lax.stop_gradient(_scan(step, carry0, num_iters, record, unroll))
         residual_fn, consts = jax.closure_convert(residual, flow)
-        return _fixed_point(residual_fn, self.adjoint_iters, flow, *consts), trajectory
+        return (_fixed_point(residual_fn, self.adjoint_iters, flow, *consts), None), trajectory
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1))

@@ -8,7 +8,7 @@ its class, so a typo fails when the config is checked and grep finds every use.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import jax
 import jax.numpy as jnp
@@ -22,6 +22,7 @@ from classical.smoothness import STENCILS, PairwiseSmoothness, half_stencil
 from classical.steps import BlockJacobiStep, GradientStep, RedBlackStep
 from learned.data_terms import LearnedFeatures
 from learned.prefilters import LearnedPrefilter
+from learned.raft.model import FACTOR, Raft, raft
 from learned.smoothness import ContextEdgeWeights
 from learned.steps import LearnedPreconditioner, LearnedStepSizes, RecurrentStep
 from unroll.config import ConfigError, choice
@@ -130,6 +131,24 @@ class SolverConfig:
 
 
 @dataclass(frozen=True)
+class ModelConfig:
+    """Which network the scaffold is. ``scaffold``: built from the operator sections (classical
+    methods and hybrids). ``raft`` / ``raft-small``: the published RAFT networks, which read only
+    ``solver`` (iterations, gradient mode), ``data.colour`` and the keys below.
+    """
+
+    kind: str = choice("scaffold", "scaffold", "raft", "raft-small")
+    correlation: str = choice("all-pairs", "all-pairs", "on-the-fly")
+    """RAFT: the pooled all-pairs volume, or the same numbers computed per lookup window (memory
+    linear in the pixels instead of quadratic)."""
+    corr_levels: int = 4
+    corr_radius: int = 0
+    """RAFT lookup window radius; 0: the model's (4, or 3 for raft-small)."""
+    padding: str = choice("sintel", "sintel", "kitti")
+    """RAFT pads frames to multiples of 8: centred (sintel) or at the bottom (kitti)."""
+
+
+@dataclass(frozen=True)
 class MethodConfig:
     """A whole method: one section per operator."""
 
@@ -138,6 +157,7 @@ class MethodConfig:
     step: StepConfig = StepConfig()
     pyramid: PyramidConfig = PyramidConfig()
     solver: SolverConfig = SolverConfig()
+    model: ModelConfig = ModelConfig()
 
 
 def _penalty(config: PenaltyConfig):
@@ -197,9 +217,15 @@ def _prefilter(config: PyramidConfig):
     return GaussianPrefilter(config.sigma, config.input_sigma)
 
 
-def build(config: MethodConfig, keep_trajectory: bool = False, seed: int = 0) -> CoarseToFine:
-    """The ``CoarseToFine`` module described by ``config``; ``seed`` initialises learned operators."""
+def build(config: MethodConfig, keep_trajectory: bool = False, seed: int = 0) -> CoarseToFine | Raft:
+    """The module described by ``config`` (``CoarseToFine``, or ``Raft``), mapping two frames
+    ``(h, w, c)`` to a ``Solution``; ``seed`` initialises learned operators."""
     rngs = nnx.Rngs(seed)
+    if config.model.kind != "scaffold":
+        m = config.model
+        return raft(m.kind, config.solver.num_iters, _gradient_mode(config.solver), rngs=rngs,
+                    keep_trajectory=keep_trajectory, unroll=config.solver.unroll, correlation=m.correlation,
+                    corr_levels=m.corr_levels, corr_radius=m.corr_radius, pad_mode=m.padding)
     data = _data(config.data, rngs)
     frame = jax.ShapeDtypeStruct((8, 8, frame_channels(config.data)), jnp.float32)
     channels = jax.eval_shape(data.features, frame).shape[-1]  # what the context networks read
@@ -210,6 +236,13 @@ def build(config: MethodConfig, keep_trajectory: bool = False, seed: int = 0) ->
     p = config.pyramid
     return CoarseToFine(solver, _prefilter(p), BilinearWarp(), p.levels, p.scale, p.warps, config.solver.level_iters,
                         p.median_size, p.min_size, p.stop_warp_gradient)
+
+
+def min_frame_side(config: MethodConfig) -> int:
+    """The smallest frame side the method accepts, in pixels."""
+    if config.model.kind != "scaffold":
+        return FACTOR * 2 ** (config.model.corr_levels - 1)  # the coarsest correlation level keeps 1 px
+    return config.pyramid.min_size
 
 
 def count_params(config: MethodConfig) -> int:
@@ -257,9 +290,22 @@ PRESETS: dict[str, MethodConfig] = {
 }
 
 
+#: RAFT's published recipe: 12 iterations, truncated gradient (coordinates detached), colour input.
+_RAFT = MethodConfig(data=DataConfig(colour=True), solver=SolverConfig(num_iters=12, gradient="truncated"))
+
+#: The named networks (random weights until trained or converted, see ``unroll convert``).
+MODELS: dict[str, MethodConfig] = {
+    "raft": replace(_RAFT, model=ModelConfig("raft")),
+    "raft-small": replace(_RAFT, model=ModelConfig("raft-small")),
+}
+
+#: Every named method: the classical presets and the networks.
+METHODS: dict[str, MethodConfig] = PRESETS | MODELS
+
+
 def preset(name: str) -> MethodConfig:
-    """The config of a named method; raises ``ConfigError`` listing the names when unknown."""
-    if name not in PRESETS:
-        raise ConfigError(f"unknown method {name!r}; choose one of {', '.join(sorted(PRESETS))}")
-    return PRESETS[name]
+    """The config of a named method or model; raises ``ConfigError`` listing the names when unknown."""
+    if name not in METHODS:
+        raise ConfigError(f"unknown method {name!r}; choose one of {', '.join(METHODS)}")
+    return METHODS[name]
 

@@ -100,6 +100,11 @@ class AbstractStep(nnx.Module):
                  state: Any) -> tuple[jax.Array, Any]:
         """Return the next flow ``(h, w, 2)`` and state; ``iteration`` is the scalar index in the stack."""
 
+    def readout(self, flow: jax.Array, state: Any) -> jax.Array:
+        """The flow an iterate stands for, as the trajectory records it (e.g. RAFT upsamples its
+        1/8-resolution flow with a mask predicted from its hidden state). Default: ``flow``."""
+        return flow
+
 
 class AbstractPrefilter(nnx.Module):
     """The blur applied when building an image pyramid."""

@@ -25,12 +25,15 @@ class Solution(NamedTuple):
 
     Attributes:
         flow: ``(h, w, 2)`` final flow.
-        trajectory: ``(n, h, w, 2)`` the flow after each iteration of the last (finest-level) stack,
-            or None when the solver was built with ``keep_trajectory=False``.
+        trajectory: ``(n, h, w, 2)`` the flow after each iteration of the last (finest-level) stack
+            (as the step operator reads it out, see ``AbstractStep.readout``), or None when the
+            solver was built with ``keep_trajectory=False``.
+        state: the step operator's final state (``UnrolledSolver`` only; None elsewhere).
     """
 
     flow: jax.Array
     trajectory: jax.Array | None
+    state: object = None
 
 
 class UnrolledSolver(nnx.Module):
@@ -41,7 +44,8 @@ class UnrolledSolver(nnx.Module):
         step: the update operator.
         num_iters: iterations per solve (a static number: the stack is fixed).
         gradient: how the backward pass treats the stack (default: full unrolling).
-        keep_trajectory: also return every intermediate flow (for sequence losses).
+        keep_trajectory: also return every intermediate flow, read out by the step (for sequence
+            losses).
         unroll: lay the iterations out as straight-line code instead of a loop: a longer
             compile, but on CPU the gradients of convolutions inside loops are about 10x slower,
             so learned step operators train faster unrolled.
@@ -65,15 +69,15 @@ class UnrolledSolver(nnx.Module):
 
     def __call__(self, evidence: Evidence, flow0: jax.Array, num_iters: int | None = None) -> Solution:
         """Iterate from ``flow0`` ``(h, w, 2)`` on precomputed ``evidence`` (see ``Energy.linearize``)."""
-        flow, trajectory = self.gradient(
+        (flow, state), trajectory = self.gradient(
             lambda carry, i: self.step(self.energy, evidence, carry[0], i, carry[1]),
             (flow0, self.step.init_state(self.energy, evidence, flow0)),
             self.num_iters if num_iters is None else num_iters,
-            self.keep_trajectory,
+            (lambda carry: self.step.readout(*carry)) if self.keep_trajectory else None,
             lambda flow: self.energy.gradient(evidence, flow),
             self.unroll,
         )
-        return Solution(flow, trajectory)
+        return Solution(flow, trajectory, state)
 
 
 def resize_flow(flow: jax.Array, size: tuple[int, int]) -> jax.Array:

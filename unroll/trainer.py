@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from flax import nnx
 from tqdm import tqdm
 
 from unroll.checkpoints import CONFIG_FILE, Checkpoints, read_config_file
@@ -26,7 +27,7 @@ from unroll.experiment import ExperimentConfig, experiment
 from unroll.files import atomic_write_bytes
 from unroll.methods import build, frame_channels, param_count
 from unroll.metrics_log import MetricsLog
-from unroll.training import learning_rate, make_train_step
+from unroll.training import learning_rate, make_train_step, optimizer
 from unroll.validation import validate, validation_sets
 
 RESULT_FILE = "result.json"
@@ -71,10 +72,11 @@ def train(config: ExperimentConfig, workdir: str | Path, progress: bool = True) 
         raise InputError("the method has no learned operators, so there is nothing to train; make one learned, "
                          "e.g. --set method.step.learned=gru (see docs/learned.md)")
     checkpoints = Checkpoints(workdir, keep=config.run.keep_checkpoints)
-    start = checkpoints.latest_step() or 0
+    latest = checkpoints.latest_step()
+    start = latest or 0
     progress_state = {"step": 0, "data_position": 0, "seed": config.seed, "train_seconds": 0.0}
-    if start:
-        params, opt_state, progress_state = checkpoints.restore(start, params, opt_state)
+    if latest is not None:  # resume (step 0: start from imported weights, see start_from)
+        params, opt_state, progress_state = checkpoints.restore(latest, params, opt_state)
     log = MetricsLog(workdir, start)
     data = TrainingData(config.data, config.seed, frame_channels(config.method.data))
     estimator = FlowEstimator(config.method, seed=config.seed)
@@ -126,3 +128,19 @@ def train(config: ExperimentConfig, workdir: str | Path, progress: bool = True) 
               "validation": summarise(reports)}
     write_json(workdir / RESULT_FILE, result)
     return result
+
+
+def start_from(workdir: str | Path, config: ExperimentConfig, params: nnx.State) -> None:
+    """Make ``workdir`` a run of ``config`` whose step-0 checkpoint holds ``params`` (e.g. imported
+    weights): ``unroll flow|eval --checkpoint workdir`` uses them and ``unroll train`` fine-tunes
+    from them."""
+    workdir = Path(workdir)
+    if (workdir / CONFIG_FILE).exists():
+        raise InputError(f"{workdir} already holds a run; choose a new folder")
+    claim_workdir(workdir, config)
+    checkpoints = Checkpoints(workdir, keep=config.run.keep_checkpoints)
+    try:
+        checkpoints.save(0, params, optimizer(config.optim).init(params),
+                         {"step": 0, "data_position": 0, "seed": config.seed, "train_seconds": 0.0})
+    finally:
+        checkpoints.close()

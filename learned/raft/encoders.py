@@ -1,0 +1,136 @@
+"""RAFT's feature and context encoders, layer for layer as torchvision's ``FeatureEncoder``, on
+channels-last ``(..., h, w, c)`` arrays. Every convolution is biased and padded like torch's."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from learned.nets import conv2d
+
+
+class InstanceNorm(nnx.Module):
+    """Each channel to zero mean and unit (biased) variance over the image, as torch's
+    ``InstanceNorm2d(affine=False)``: no parameters."""
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        mean = x.mean(axis=(-3, -2), keepdims=True)
+        var = x.var(axis=(-3, -2), keepdims=True)
+        return (x - mean) / jnp.sqrt(var + 1e-5)
+
+
+class FrozenBatchNorm(nnx.Module):
+    """BatchNorm in inference form, ``x * scale + bias`` per channel: the importer folds torch's
+    running mean and variance, eps and affine weight and bias into ``scale`` and ``bias``."""
+
+    def __init__(self, channels: int):
+        self.scale = nnx.Param(jnp.ones((channels,)))
+        self.bias = nnx.Param(jnp.zeros((channels,)))
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        return x * self.scale[...] + self.bias[...]
+
+
+class Identity(nnx.Module):
+    """No normalisation."""
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        return x
+
+
+def norm(kind: str, channels: int) -> nnx.Module:
+    """The normalisation layer ``kind`` ("instance", "batch" or "none") for ``channels`` channels."""
+    layers = {"instance": InstanceNorm, "batch": lambda: FrozenBatchNorm(channels), "none": Identity}
+    if kind not in layers:
+        raise ValueError(f"unknown norm {kind!r}: choose one of {sorted(layers)}")
+    return layers[kind]()
+
+
+_norm = norm  # the blocks' ``norm`` argument (a kind) shadows the factory
+
+
+class Projection(nnx.Module):
+    """The shortcut of a block that changes resolution or width: a strided 1x1 convolution and a norm."""
+
+    def __init__(self, in_channels: int, out_channels: int, stride: int, norm: str, *, rngs: nnx.Rngs):
+        self.conv = conv2d(in_channels, out_channels, 1, stride=stride, rngs=rngs)
+        self.norm = _norm(norm, out_channels)
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        return self.norm(self.conv(x))
+
+
+def shortcut(in_channels: int, out_channels: int, stride: int, norm: str, rngs: nnx.Rngs) -> Projection | None:
+    """A projection where the block changes resolution or width, else ``None`` (the identity)."""
+    if stride == 1 and in_channels == out_channels:
+        return None
+    return Projection(in_channels, out_channels, stride, norm, rngs=rngs)
+
+
+class ResidualBlock(nnx.Module):
+    """Two 3x3 conv-norm-ReLUs (the first strided) and a ReLU after the skip connection:
+    ``(..., h, w, in) -> (..., ceil(h / stride), ceil(w / stride), out)``."""
+
+    def __init__(self, in_channels: int, out_channels: int, stride: int, norm: str, *, rngs: nnx.Rngs):
+        self.conv1 = conv2d(in_channels, out_channels, 3, stride=stride, rngs=rngs)
+        self.norm1 = _norm(norm, out_channels)
+        self.conv2 = conv2d(out_channels, out_channels, 3, rngs=rngs)
+        self.norm2 = _norm(norm, out_channels)
+        self.downsample = shortcut(in_channels, out_channels, stride, norm, rngs)
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        y = jax.nn.relu(self.norm1(self.conv1(x)))
+        y = jax.nn.relu(self.norm2(self.conv2(y)))
+        return jax.nn.relu((x if self.downsample is None else self.downsample(x)) + y)
+
+
+class BottleneckBlock(nnx.Module):
+    """1x1, strided 3x3 and 1x1 conv-norm-ReLUs through ``out // 4`` channels, and a ReLU after the
+    skip connection: ``(..., h, w, in) -> (..., ceil(h / stride), ceil(w / stride), out)``."""
+
+    def __init__(self, in_channels: int, out_channels: int, stride: int, norm: str, *, rngs: nnx.Rngs):
+        mid = out_channels // 4
+        self.conv1 = conv2d(in_channels, mid, 1, rngs=rngs)
+        self.norm1 = _norm(norm, mid)
+        self.conv2 = conv2d(mid, mid, 3, stride=stride, rngs=rngs)
+        self.norm2 = _norm(norm, mid)
+        self.conv3 = conv2d(mid, out_channels, 1, rngs=rngs)
+        self.norm3 = _norm(norm, out_channels)
+        self.downsample = shortcut(in_channels, out_channels, stride, norm, rngs)
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        y = jax.nn.relu(self.norm1(self.conv1(x)))
+        y = jax.nn.relu(self.norm2(self.conv2(y)))
+        y = jax.nn.relu(self.norm3(self.conv3(y)))
+        return jax.nn.relu((x if self.downsample is None else self.downsample(x)) + y)
+
+
+BLOCKS = {"residual": ResidualBlock, "bottleneck": BottleneckBlock}
+
+
+class Encoder(nnx.Module):
+    """torchvision's ``FeatureEncoder``: ``(..., h, w, in_channels) -> (..., ceil(h / 8), ceil(w / 8), widths[4])``.
+
+    A 7x7 stride-2 conv-norm-ReLU stem to ``widths[0]``, then three stages of two ``block``s
+    ("residual" or "bottleneck") to ``widths[1..3]`` (the first block of the last two strided), then
+    a 1x1 convolution to ``widths[4]``.
+    """
+
+    def __init__(self, block: str, widths: tuple[int, ...], norm: str, *, rngs: nnx.Rngs, in_channels: int = 3):
+        if block not in BLOCKS or len(widths) != 5:
+            raise ValueError(f"need block in {sorted(BLOCKS)} and 5 widths, got {block!r} and {widths}")
+        make = BLOCKS[block]
+        stage = lambda a, b, stride: nnx.List([make(a, b, stride, norm, rngs=rngs), make(b, b, 1, norm, rngs=rngs)])
+        self.stem_conv = conv2d(in_channels, widths[0], 7, stride=2, rngs=rngs)
+        self.stem_norm = _norm(norm, widths[0])
+        self.layer1 = stage(widths[0], widths[1], 1)
+        self.layer2 = stage(widths[1], widths[2], 2)
+        self.layer3 = stage(widths[2], widths[3], 2)
+        self.head = conv2d(widths[3], widths[4], 1, rngs=rngs)
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        x = jax.nn.relu(self.stem_norm(self.stem_conv(x)))
+        for block in [*self.layer1, *self.layer2, *self.layer3]:
+            x = block(x)
+        return self.head(x)
