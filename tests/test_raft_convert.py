@@ -140,7 +140,7 @@ def test_flow_equals_torchvision_raft_with_the_same_weights(model, factory, tmp_
     for path, frame in zip(paths, (frame1, frame2)):
         write_image(path, frame)
     out = tmp_path / "flow.flo"
-    assert main(["flow", *paths, "--checkpoint", str(workdir), "--iters", "12", "-o", str(out)]) == 0
+    assert main(["flow", *paths, "--method", model, "--checkpoint", str(workdir), "--iters", "12", "-o", str(out)]) == 0
     flow, _ = read_flow(out)
     assert np.abs(expected).max() > 1.0  # a flow worth comparing
     np.testing.assert_allclose(flow, expected, atol=1e-3)

@@ -203,7 +203,7 @@ def test_checkpoint_errors_are_clear(trained_run, tmp_path, capsys):
     first, second = _frames(tmp_path)
     args = ["flow", str(first), str(second), "-o", str(tmp_path / "f.flo")]
     assert main(args + ["--checkpoint", str(trained_run), "--method", "tv-l1"]) == 2
-    assert "exclude each other" in capsys.readouterr().err
+    assert "holds a horn-schunck run, not tv-l1" in capsys.readouterr().err
     assert main(args + ["--checkpoint", str(tmp_path)]) == 2
     assert "not a training run folder" in capsys.readouterr().err
     assert main(args + ["--checkpoint", str(trained_run), "--set", "step.learned=gru"]) == 2

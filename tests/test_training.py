@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
@@ -53,3 +54,22 @@ def test_a_few_steps_lower_the_loss():
     nnx.update(model, params)
     scales = np.asarray(model.solver.step.scales[...])
     assert np.abs(scales - 1).max() > 1e-3  # the parameters moved and were written back
+
+
+def test_network_learning_rate_scale_applies_to_network_weights_only():
+    config = override(preset("tv-l1"), ["pyramid.levels=1", "pyramid.warps=1", "pyramid.median_size=0",
+                                        "solver.num_iters=2", "step.learned=sizes", "smoothness.learned=true"])
+    batch = translation_batch()
+    moved = {}
+    for scale in (0.0, 0.1):
+        step, params, opt_state = make_train_step(build(config, keep_trajectory=True),
+                                                  OptimConfig(steps=1, learning_rate=1e-2, schedule="constant",
+                                                              weight_decay=0.0, network_lr_scale=scale))
+        start = nnx.to_pure_dict(params)
+        end = nnx.to_pure_dict(step(params, opt_state, batch)[0])  # Adam's first step: +-rate per leaf
+        net = lambda p: np.concatenate([np.ravel(x) for x in jax.tree.leaves(p["solver"]["energy"])])
+        moved[scale] = (np.abs(net(end) - net(start)).max(),
+                        np.abs(np.asarray(end["solver"]["step"]["scales"]) - start["solver"]["step"]["scales"]).max())
+    assert moved[0.0][0] == 0.0                                # frozen network
+    np.testing.assert_allclose(moved[0.1][0], 1e-3, rtol=1e-3)  # a tenth of the rate
+    np.testing.assert_allclose([moved[0.0][1], moved[0.1][1]], 1e-2, rtol=1e-3)  # step sizes: the full rate

@@ -109,10 +109,14 @@ def read_config_file(workdir: str | Path) -> dict:
         raise ConfigError(f"{path}: not valid JSON: {e}") from None
 
 
-def load_trained(workdir: str | Path, overrides: list[str] = ()) -> tuple[MethodConfig, nnx.State]:
+def load_trained(workdir: str | Path, overrides: list[str] = (), base: str | None = None) -> tuple[MethodConfig, nnx.State]:
     """The method of the training run in ``workdir`` (with ``overrides`` of its method keys, e.g.
-    ``solver.num_iters=20``) and the parameters of its newest checkpoint."""
-    method = override(experiment(read_config_file(workdir)).method, list(overrides))
+    ``solver.num_iters=20``) and the parameters of its newest checkpoint. ``base``: the method
+    the run must be based on (e.g. ``raft``), checked."""
+    run = experiment(read_config_file(workdir))
+    if base is not None and run.base != base:
+        raise InputError(f"{workdir} holds a {run.base} run, not {base}; drop --method or name {run.base}")
+    method = override(run.method, list(overrides))
     checkpoints = Checkpoints(workdir, read_only=True)
     try:
         return method, checkpoints.restore_params(nnx.state(build(method), nnx.Param))

@@ -65,10 +65,8 @@ def _method(args) -> tuple[MethodConfig, nnx.State | None]:
     if checkpoint is None:
         args.label = args.method or DEFAULT_METHOD
         return override(preset(args.label), overrides), None
-    if args.method is not None:
-        raise InputError("--method and --checkpoint exclude each other: a checkpoint brings its own method")
     args.label = os.path.basename(os.path.normpath(checkpoint))
-    return load_trained(checkpoint, overrides)
+    return load_trained(checkpoint, overrides, base=args.method)
 
 
 def _enable_cache(args) -> None:
@@ -207,8 +205,9 @@ def _parser() -> argparse.ArgumentParser:
     compiling.add_argument("--no-cache", action="store_true", default=argparse.SUPPRESS,
                            help="do not use the persistent compilation cache")
     compiling.add_argument("--checkpoint", metavar="DIR",
-                           help="use the trained model in DIR (an `unroll train` workdir) instead of --method; "
-                                "--set may still change its method keys, e.g. solver.num_iters")
+                           help="use the trained model in DIR (an `unroll train` or `unroll convert` folder); "
+                                "its method comes with it (--method, if given, must name the run's base) and "
+                                "--set may still change its keys, e.g. solver.num_iters")
     compiling.add_argument("--iters", type=_positive_int, metavar="N",
                            help="iterations of the solver (RAFT: refinement iterations; classical: per "
                                 "linearisation); the same as --set solver.num_iters=N")
@@ -305,7 +304,7 @@ def _parser() -> argparse.ArgumentParser:
         description=textwrap.fill("Convert a PyTorch RAFT checkpoint IN (the original princeton-vl/RAFT .pth "
                     "files, with or without the `module.` prefix, or a torchvision raft_large / "
                     "raft_small state dict saved with torch.save) into OUT_DIR, a run folder that "
-                    "`unroll flow|eval --checkpoint OUT_DIR` use and `unroll train` fine-tunes from. "
+                    "`unroll flow|eval --checkpoint OUT_DIR` use. "
                     "Every tensor is mapped: the command fails naming any that are missing, left over "
                     "or of the wrong shape. Needs PyTorch (pip install 'unroll[torch]')."),
         epilog="examples:\n  unroll convert raft raft-things.pth runs/raft-things\n"

@@ -132,8 +132,8 @@ def train(config: ExperimentConfig, workdir: str | Path, progress: bool = True) 
 
 def start_from(workdir: str | Path, config: ExperimentConfig, params: nnx.State) -> None:
     """Make ``workdir`` a run of ``config`` whose step-0 checkpoint holds ``params`` (e.g. imported
-    weights): ``unroll flow|eval --checkpoint workdir`` uses them and ``unroll train`` fine-tunes
-    from them."""
+    weights): ``unroll flow|eval --checkpoint workdir`` uses them, and ``unroll train`` of the same
+    config (``workdir/config.json``) trains on from them."""
     workdir = Path(workdir)
     if (workdir / CONFIG_FILE).exists():
         raise InputError(f"{workdir} already holds a run; choose a new folder")

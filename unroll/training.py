@@ -27,6 +27,9 @@ class OptimConfig:
     clip: float = 1.0
     gamma: float = 0.8
     max_flow: float = 400.0
+    network_lr_scale: float = 1.0
+    """Learning rate of the networks' weights (convolution kernels and biases) relative to
+    ``learning_rate``; the other parameters (step sizes, prefilter taps, ...) take it as is."""
 
 
 def learning_rate(config: OptimConfig) -> optax.Schedule:
@@ -43,7 +46,15 @@ def learning_rate(config: OptimConfig) -> optax.Schedule:
 def optimizer(config: OptimConfig) -> optax.GradientTransformation:
     """The optax transformation described by ``config``."""
     return optax.chain(optax.clip_by_global_norm(config.clip),
-                       optax.adamw(learning_rate(config), weight_decay=config.weight_decay, eps=1e-8))
+                       optax.adamw(learning_rate(config), weight_decay=config.weight_decay, eps=1e-8),
+                       optax.masked(optax.scale(config.network_lr_scale), network_weights))
+
+
+def network_weights(params):
+    """The pytree of ``params`` with True at the networks' weights: leaves named ``kernel`` or ``bias``."""
+    def mark(path, _):
+        return any(getattr(key, "key", None) in ("kernel", "bias") for key in path)
+    return jax.tree_util.tree_map_with_path(mark, params)
 
 
 def make_train_step(model: nnx.Module, config: OptimConfig) -> tuple[Callable, nnx.State, optax.OptState]:
