@@ -29,12 +29,12 @@ class ConvNet(nnx.Module):
 
 
 def conv2d(in_features: int, out_features: int, kernel: int | tuple[int, int], *, rngs: nnx.Rngs,
-           stride: int = 1) -> nnx.Conv:
-    """A biased convolution padded like torch's ``Conv2d(padding=k // 2)``: ``k // 2`` zeros on both
+           stride: int = 1, bias: bool = True) -> nnx.Conv:
+    """A convolution padded like torch's ``Conv2d(padding=k // 2)``: ``k // 2`` zeros on both
     sides of each kernel dimension. (``"SAME"`` pads a stride-2 convolution asymmetrically.)"""
     kernel = (kernel, kernel) if isinstance(kernel, int) else tuple(kernel)
     return nnx.Conv(in_features, out_features, kernel, strides=(stride, stride),
-                    padding=[(k // 2, k // 2) for k in kernel], rngs=rngs)
+                    padding=[(k // 2, k // 2) for k in kernel], use_bias=bias, rngs=rngs)
 
 
 class ConvGRU(nnx.Module):

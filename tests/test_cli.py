@@ -220,7 +220,9 @@ def test_usage_error_exits_2(capsys):
 def test_models_lists_methods_and_networks_with_parameter_counts(capsys):
     assert main(["models"]) == 0
     lines = capsys.readouterr().out.splitlines()[1:]
-    expected = [[name, "0"] for name in PRESETS] + [["raft", "5257536"], ["raft-small", "990162"]]
+    expected = [[name, "0"] for name in PRESETS] + [
+        ["raft", "5257536"], ["raft-small", "990162"], ["flownet-s", "38675536"], ["flownet-c", "39174320"],
+        ["pwc-net", "9374274"], ["gmflow", "4680288"]]
     assert [line.split()[:2] for line in lines] == expected
 
 

@@ -9,6 +9,7 @@ import pytest
 from unroll.config import ConfigError, to_dict
 from unroll.experiment import experiment, load_experiment
 from unroll.methods import preset
+from unroll.training import OptimConfig
 
 EXAMPLE = """
 base = "tv-l1"
@@ -98,7 +99,7 @@ def test_error_names_the_file_and_lists_the_section_keys(tmp_path):
 
 def test_bad_override_names_the_key_not_the_file(tmp_path):
     path = _write(tmp_path, EXAMPLE)
-    with pytest.raises(ConfigError, match="unknown config key 'optim.stpes'; valid keys: optim.clip") as info:
+    with pytest.raises(ConfigError, match="unknown config key 'optim.stpes'; valid keys: optim.accumulate, optim.clip.*optim.steps") as info:
         load_experiment(path, ["optim.stpes=3"])
     assert str(path) not in str(info.value)
 
@@ -123,3 +124,10 @@ def test_missing_file_is_an_os_error(tmp_path):
 def test_defaults_without_a_file():
     config = experiment()
     assert config.method == preset("horn-schunck") and config.validation.synthetic_seed != config.seed
+
+
+def test_a_network_base_brings_its_papers_training_recipe():
+    assert experiment({"base": "pwc-net"}).optim.loss_weights == (0.32, 0.08, 0.02, 0.01, 0.005)
+    assert experiment({"base": "gmflow"}).optim.gamma == 0.9
+    assert experiment({"base": "raft"}).optim == OptimConfig()
+    assert experiment({"base": "flownet-s"}, ["optim.learning_rate=3e-5"]).optim.loss == "epe"

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from learned.raft.model import padding, raft
+from learned.padding import padding
+from learned.raft.model import raft
 from unroll.config import override
 from unroll.gradients import Truncated, Unrolled
 from unroll.methods import build, count_params, preset
@@ -30,11 +31,12 @@ def test_parameter_counts_equal_the_reference_implementations(name, count):
 
 
 def test_padding_to_multiples_of_eight_like_raft():
-    assert padding((436, 1024), "sintel") == ((2, 2), (0, 0))
-    assert padding((375, 1242), "kitti") == ((0, 1), (3, 3))
-    assert padding((375, 1242), "sintel") == ((0, 1), (3, 3))
-    assert padding((370, 1226), "sintel") == ((3, 3), (3, 3))
-    assert padding((64, 64), "kitti") == ((0, 0), (0, 0))
+    assert padding((436, 1024), 8, "sintel") == ((2, 2), (0, 0))
+    assert padding((375, 1242), 8, "kitti") == ((0, 1), (3, 3))
+    assert padding((375, 1242), 8, "sintel") == ((0, 1), (3, 3))
+    assert padding((370, 1226), 8, "sintel") == ((3, 3), (3, 3))
+    assert padding((370, 1226), 8, "kitti") == ((0, 6), (3, 3))
+    assert padding((64, 64), 8, "kitti") == ((0, 0), (0, 0))
 
 
 @pytest.mark.parametrize("mode", ["sintel", "kitti"])

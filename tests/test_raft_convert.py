@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import re
+import sys
 from pathlib import Path
 
 import jax
@@ -144,3 +145,9 @@ def test_flow_equals_torchvision_raft_with_the_same_weights(model, factory, tmp_
     flow, _ = read_flow(out)
     assert np.abs(expected).max() > 1.0  # a flow worth comparing
     np.testing.assert_allclose(flow, expected, atol=1e-3)
+
+
+def test_reading_pth_without_torch_says_how_to_install_it(monkeypatch, tmp_path):
+    monkeypatch.setitem(sys.modules, "torch", None)  # import torch now raises ImportError
+    with pytest.raises(InputError, match=r"pip install 'unroll\[torch\]'"):
+        read_state_dict(tmp_path / "weights.pth")

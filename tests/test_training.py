@@ -73,3 +73,13 @@ def test_network_learning_rate_scale_applies_to_network_weights_only():
     assert moved[0.0][0] == 0.0                                # frozen network
     np.testing.assert_allclose(moved[0.1][0], 1e-3, rtol=1e-3)  # a tenth of the rate
     np.testing.assert_allclose([moved[0.0][1], moved[0.1][1]], 1e-2, rtol=1e-3)  # step sizes: the full rate
+
+
+def test_loss_weights_and_end_point_error_match_numpy():
+    rng = np.random.default_rng(2)
+    trajectory, gt = rng.normal(size=(3, 4, 5, 2)), rng.normal(size=(4, 5, 2))
+    valid = np.ones((4, 5), bool)
+    weights = (0.32, 0.08, 0.005)
+    expected = sum(w * np.linalg.norm(trajectory[i] - gt, axis=-1).mean() for i, w in enumerate(weights))
+    np.testing.assert_allclose(sequence_loss(jnp.asarray(trajectory), jnp.asarray(gt), jnp.asarray(valid),
+                                             weights=weights, norm="epe"), expected, rtol=1e-5)

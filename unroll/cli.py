@@ -18,7 +18,7 @@ import textwrap
 
 from flax import nnx
 
-from unroll import compile_cache
+from unroll import compile_cache, distributed
 from unroll.ablation import run_ablation, markdown
 from unroll.checkpoints import load_trained
 from unroll.config import override, to_dict, to_json
@@ -46,6 +46,14 @@ DESCRIPTIONS: dict[str, str] = {
     "raft": "RAFT (Teed & Deng 2020): learned features, all-pairs correlation lookup, SepConvGRU "
             "update, convex upsampling (random weights: train, or convert the published ones).",
     "raft-small": "RAFT-small: bottleneck encoders, ConvGRU update, radius-3 lookup, bilinear upsampling.",
+    "flownet-s": "FlowNetS (Dosovitskiy et al. 2015): both frames stacked into one encoder, refinement "
+                 "decoder with a prediction at every scale.",
+    "flownet-c": "FlowNetC (Dosovitskiy et al. 2015): two-stream encoder, local correlation (±20 px, "
+                 "stride 2), the same decoder.",
+    "pwc-net": "PWC-Net (Sun et al. 2018): learned feature pyramid, warping, local cost volume (range 4) "
+               "and a DenseNet estimator per level, context network.",
+    "gmflow": "GMFlow (Xu et al. 2022): transformer features, global softmax matching over all pixels, "
+              "flow propagation by self-attention, convex upsampling.",
 }
 
 _FLOW_EXTENSIONS = (".flo", ".png")
@@ -147,6 +155,7 @@ def _ablate(args) -> None:
 
 
 def _train(args) -> None:
+    distributed.initialize(args.coordinator, args.num_processes, args.process_id)
     config = load_experiment(args.config, args.set)
     _enable_cache(args)
     result = train(config, args.workdir, progress=not args.quiet)
@@ -283,7 +292,18 @@ def _parser() -> argparse.ArgumentParser:
                     "once finished). Use the result with `unroll flow|eval --checkpoint DIR`."),
         epilog="examples:\n  unroll train experiments/hybrid_hs.toml --workdir runs/hybrid\n"
                "  unroll train experiments/hybrid_hs.toml --set optim.steps=50 --set data.batch_size=2 "
-               "--workdir runs/quick")
+               "--workdir runs/quick\n"
+               "  unroll train exp.toml --workdir /shared/run --coordinator host0:1234 --num-processes 2 "
+               "--process-id 0   # on host0; --process-id 1 on the other host\n\n"
+               "Every visible device takes part (data-parallel); see docs/distributed.md.")
+    training.add_argument("--coordinator", metavar="HOST:PORT",
+                          help="multi-process run: address of process 0 (default: $JAX_COORDINATOR_ADDRESS, "
+                               "or found by JAX under Slurm, Open MPI, Kubernetes, Cloud TPU)")
+    training.add_argument("--num-processes", type=_positive_int, metavar="N",
+                          help="multi-process run: number of processes (default: $SLURM_NTASKS or "
+                               "$OMPI_COMM_WORLD_SIZE, else 1)")
+    training.add_argument("--process-id", type=int, metavar="I",
+                          help="multi-process run: this process's id, 0 .. N-1 (default: found by JAX)")
     training.set_defaults(func=_train)
 
     ablate = commands.add_parser(

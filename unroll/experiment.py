@@ -88,7 +88,8 @@ class ExperimentConfig:
 
 
 def _check(config: ExperimentConfig) -> ExperimentConfig:
-    positive = {"optim.steps": config.optim.steps, "run.checkpoint_every": config.run.checkpoint_every,
+    positive = {"optim.steps": config.optim.steps, "optim.accumulate": config.optim.accumulate,
+                "run.checkpoint_every": config.run.checkpoint_every,
                 "run.keep_checkpoints": config.run.keep_checkpoints, "run.log_every": config.run.log_every,
                 "data.batch_size": config.data.batch_size}
     for key, value in positive.items():
@@ -104,6 +105,20 @@ def _check(config: ExperimentConfig) -> ExperimentConfig:
         raise ConfigError(f"validation.synthetic_seed must differ from seed ({config.seed}): validation pairs "
                           "would repeat training pairs")
     return config
+
+
+#: FlowNet's and PWC-Net's multi-scale loss weights (0.32 at 1/64 ... 0.005 at 1/4), coarse to fine.
+_MULTISCALE = (0.32, 0.08, 0.02, 0.01, 0.005)
+
+#: The published training recipe of a network, the ``optim`` defaults when it is the ``base``
+#: (the others take ``OptimConfig``'s, RAFT's). FlowNet and PWC-Net: Adam at 1e-4, constant over
+#: any budget this side of their first 300k / 400k steps, weight decay 4e-4, end-point error
+#: weighted per scale; GMFlow: RAFT's recipe with gamma 0.9 over its two predictions.
+RECIPES: dict[str, OptimConfig] = {
+    **{name: OptimConfig(learning_rate=1e-4, weight_decay=4e-4, schedule="constant", loss="epe",
+                         loss_weights=_MULTISCALE) for name in ("flownet-s", "flownet-c", "pwc-net")},
+    "gmflow": OptimConfig(gamma=0.9),
+}
 
 
 def experiment(mapping: dict | None = None, overrides: list[str] = (), source: str = "") -> ExperimentConfig:
@@ -122,7 +137,7 @@ def experiment(mapping: dict | None = None, overrides: list[str] = (), source: s
     if not isinstance(base, str):
         raise ConfigError(f"bad value {base!r} for base: expected str")
     try:
-        config = ExperimentConfig(base=base, method=preset(base))
+        config = ExperimentConfig(base=base, method=preset(base), optim=RECIPES.get(base, OptimConfig()))
         config = update(config, {k: v for k, v in mapping.items() if k != "base"})
     except ConfigError as e:
         raise ConfigError(f"{source}: {e}" if source else str(e)) from None

@@ -21,8 +21,11 @@ from classical.prefilters import GaussianPrefilter
 from classical.smoothness import STENCILS, PairwiseSmoothness, half_stencil
 from classical.steps import BlockJacobiStep, GradientStep, RedBlackStep
 from learned.data_terms import LearnedFeatures
+from learned.flownet import FlowNetC, FlowNetS
+from learned.gmflow import GMFlow
 from learned.prefilters import LearnedPrefilter
-from learned.raft.model import FACTOR, Raft, raft
+from learned.pwcnet import PWCNet
+from learned.raft.model import FACTOR, raft
 from learned.smoothness import ContextEdgeWeights
 from learned.steps import LearnedPreconditioner, LearnedStepSizes, RecurrentStep
 from unroll.config import ConfigError, choice
@@ -133,11 +136,11 @@ class SolverConfig:
 @dataclass(frozen=True)
 class ModelConfig:
     """Which network the scaffold is. ``scaffold``: built from the operator sections (classical
-    methods and hybrids). ``raft`` / ``raft-small``: the published RAFT networks, which read only
-    ``solver`` (iterations, gradient mode), ``data.colour`` and the keys below.
+    methods and hybrids). The published networks read ``data.colour`` and the keys below;
+    ``raft`` / ``raft-small`` also ``solver`` (iterations, gradient mode, unroll).
     """
 
-    kind: str = choice("scaffold", "scaffold", "raft", "raft-small")
+    kind: str = choice("scaffold", "scaffold", "raft", "raft-small", "flownet-s", "flownet-c", "pwc-net", "gmflow")
     correlation: str = choice("all-pairs", "all-pairs", "on-the-fly")
     """RAFT: the pooled all-pairs volume, or the same numbers computed per lookup window (memory
     linear in the pixels instead of quadratic)."""
@@ -145,7 +148,7 @@ class ModelConfig:
     corr_radius: int = 0
     """RAFT lookup window radius; 0: the model's (4, or 3 for raft-small)."""
     padding: str = choice("sintel", "sintel", "kitti")
-    """RAFT pads frames to multiples of 8: centred (sintel) or at the bottom (kitti)."""
+    """RAFT and GMFlow pad frames to multiples of 8 (16): centred (sintel) or at the bottom (kitti)."""
 
 
 @dataclass(frozen=True)
@@ -217,15 +220,23 @@ def _prefilter(config: PyramidConfig):
     return GaussianPrefilter(config.sigma, config.input_sigma)
 
 
-def build(config: MethodConfig, keep_trajectory: bool = False, seed: int = 0) -> CoarseToFine | Raft:
-    """The module described by ``config`` (``CoarseToFine``, or ``Raft``), mapping two frames
-    ``(h, w, c)`` to a ``Solution``; ``seed`` initialises learned operators."""
+def build(config: MethodConfig, keep_trajectory: bool = False, seed: int = 0) -> nnx.Module:
+    """The module described by ``config`` (``CoarseToFine``, or a network such as ``Raft``), mapping
+    two frames ``(h, w, c)`` to a ``Solution``; ``seed`` initialises learned operators."""
     rngs = nnx.Rngs(seed)
-    if config.model.kind != "scaffold":
-        m = config.model
-        return raft(m.kind, config.solver.num_iters, _gradient_mode(config.solver), rngs=rngs,
-                    keep_trajectory=keep_trajectory, unroll=config.solver.unroll, correlation=m.correlation,
-                    corr_levels=m.corr_levels, corr_radius=m.corr_radius, pad_mode=m.padding)
+    m = config.model
+    networks = {
+        "raft": lambda: raft(m.kind, config.solver.num_iters, _gradient_mode(config.solver), rngs=rngs,
+                             keep_trajectory=keep_trajectory, unroll=config.solver.unroll, correlation=m.correlation,
+                             corr_levels=m.corr_levels, corr_radius=m.corr_radius, pad_mode=m.padding),
+        "flownet-s": lambda: FlowNetS(rngs=rngs, keep_trajectory=keep_trajectory),
+        "flownet-c": lambda: FlowNetC(rngs=rngs, keep_trajectory=keep_trajectory),
+        "pwc-net": lambda: PWCNet(rngs=rngs, keep_trajectory=keep_trajectory),
+        "gmflow": lambda: GMFlow(rngs=rngs, keep_trajectory=keep_trajectory, pad_mode=m.padding),
+    }
+    networks["raft-small"] = networks["raft"]
+    if m.kind in networks:
+        return networks[m.kind]()
     data = _data(config.data, rngs)
     frame = jax.ShapeDtypeStruct((8, 8, frame_channels(config.data)), jnp.float32)
     channels = jax.eval_shape(data.features, frame).shape[-1]  # what the context networks read
@@ -240,14 +251,16 @@ def build(config: MethodConfig, keep_trajectory: bool = False, seed: int = 0) ->
 
 def min_frame_side(config: MethodConfig) -> int:
     """The smallest frame side the method accepts, in pixels."""
-    if config.model.kind != "scaffold":
+    if config.model.kind in ("raft", "raft-small"):
         return FACTOR * 2 ** (config.model.corr_levels - 1)  # the coarsest correlation level keeps 1 px
+    if config.model.kind != "scaffold":
+        return 1  # padded to the multiple the network needs
     return config.pyramid.min_size
 
 
 def count_params(config: MethodConfig) -> int:
     """Number of learned parameters (scalars in ``nnx.Param`` leaves) of the method."""
-    return param_count(nnx.state(build(config), nnx.Param))
+    return param_count(nnx.state(nnx.eval_shape(lambda: build(config)), nnx.Param))  # shapes only
 
 
 def param_count(params) -> int:
@@ -297,6 +310,8 @@ _RAFT = MethodConfig(data=DataConfig(colour=True), solver=SolverConfig(num_iters
 MODELS: dict[str, MethodConfig] = {
     "raft": replace(_RAFT, model=ModelConfig("raft")),
     "raft-small": replace(_RAFT, model=ModelConfig("raft-small")),
+    **{name: MethodConfig(data=DataConfig(colour=True), model=ModelConfig(name))
+       for name in ("flownet-s", "flownet-c", "pwc-net", "gmflow")},
 }
 
 #: Every named method: the classical presets and the networks.

@@ -36,9 +36,13 @@ def read_log(workdir: str | Path) -> list[dict]:
 
 
 class MetricsLog:
-    """Appends records to ``workdir/log.jsonl`` (and ``workdir/tensorboard``), from ``start`` on."""
+    """Appends records to ``workdir/log.jsonl`` (and ``workdir/tensorboard``), from ``start`` on;
+    ``enabled=False`` writes nothing (the processes other than the first of a multi-process run)."""
 
-    def __init__(self, workdir: str | Path, start: int = 0):
+    def __init__(self, workdir: str | Path, start: int = 0, enabled: bool = True):
+        self.file = self.board = None
+        if not enabled:
+            return
         self.path = Path(workdir) / LOG_FILE
         kept = [r for r in read_log(workdir) if r.get("step", 0) <= start]
         atomic_write_bytes(self.path, "".join(json.dumps(r) + "\n" for r in kept).encode())
@@ -47,6 +51,8 @@ class MetricsLog:
 
     def write(self, step: int, kind: str, values: dict) -> None:
         """One record ``{"step": step, "kind": kind, **values}``; ``None`` values are kept out of TensorBoard."""
+        if self.file is None:
+            return
         self.file.write(json.dumps({"step": step, "kind": kind, **values}) + "\n")
         self.file.flush()
         if self.board is not None:
@@ -55,6 +61,7 @@ class MetricsLog:
                     self.board.add_scalar(f"{kind}/{key}", value, step)
 
     def close(self) -> None:
-        self.file.close()
+        if self.file is not None:
+            self.file.close()
         if self.board is not None:
             self.board.close()

@@ -5,6 +5,10 @@ The workdir holds ``config.json``, ``checkpoints/`` (see ``unroll.checkpoints``)
 count, training seconds). Running it again on the same workdir resumes from the newest
 checkpoint and, because the data stream and every random draw are functions of (seed, step),
 ends with the same parameters as a run that was never interrupted.
+
+The step runs data-parallel on every device of every process (``unroll.distributed``); with
+several processes, each loads its slice of every batch, and only process 0 writes the log and
+the result (all of them take part in writing a checkpoint, which orbax writes once).
 """
 
 from __future__ import annotations
@@ -14,10 +18,12 @@ import sys
 import time
 from pathlib import Path
 
+import jax
 import numpy as np
 from flax import nnx
 from tqdm import tqdm
 
+from unroll import distributed
 from unroll.checkpoints import CONFIG_FILE, Checkpoints, read_config_file
 from unroll.config import ConfigError, flat_keys, to_dict
 from unroll.data.pipeline import TrainingData
@@ -27,7 +33,7 @@ from unroll.experiment import ExperimentConfig, experiment
 from unroll.files import atomic_write_bytes
 from unroll.methods import build, frame_channels, param_count
 from unroll.metrics_log import MetricsLog
-from unroll.training import learning_rate, make_train_step, optimizer
+from unroll.training import check_batch_size, learning_rate, make_train_step, optimizer
 from unroll.validation import validate, validation_sets
 
 RESULT_FILE = "result.json"
@@ -65,8 +71,11 @@ def train(config: ExperimentConfig, workdir: str | Path, progress: bool = True) 
     """
     workdir = Path(workdir)
     claim_workdir(workdir, config)
+    mesh = distributed.mesh()
+    check_batch_size(config.data.batch_size, mesh.size, config.optim.accumulate)
+    primary = jax.process_index() == 0
     model = build(config.method, keep_trajectory=True, seed=config.seed)
-    step_fn, params, opt_state = make_train_step(model, config.optim)
+    step_fn, params, opt_state = make_train_step(model, config.optim, mesh)
     num_params = param_count(params)
     if num_params == 0:
         raise InputError("the method has no learned operators, so there is nothing to train; make one learned, "
@@ -77,8 +86,10 @@ def train(config: ExperimentConfig, workdir: str | Path, progress: bool = True) 
     progress_state = {"step": 0, "data_position": 0, "seed": config.seed, "train_seconds": 0.0}
     if latest is not None:  # resume (step 0: start from imported weights, see start_from)
         params, opt_state, progress_state = checkpoints.restore(latest, params, opt_state)
-    log = MetricsLog(workdir, start)
-    data = TrainingData(config.data, config.seed, frame_channels(config.method.data))
+        params, opt_state = distributed.replicate((params, opt_state), mesh)
+    log = MetricsLog(workdir, start, enabled=primary)
+    data = TrainingData(config.data, config.seed, frame_channels(config.method.data), jax.process_index(),
+                        jax.process_count())
     estimator = FlowEstimator(config.method, seed=config.seed)
     sets = validation_sets(config)
     schedule = learning_rate(config.optim)
@@ -86,10 +97,10 @@ def train(config: ExperimentConfig, workdir: str | Path, progress: bool = True) 
     train_seconds = progress_state["train_seconds"]
     try:
         bar = tqdm(total=total, initial=start, desc=workdir.name, unit="step", file=sys.stderr,
-                   disable=None if progress else True, dynamic_ncols=True)
+                   disable=None if progress and primary else True, dynamic_ncols=True)
         batches = data.stream(start, total)
         for step in range(start, total):
-            batch = next(batches)
+            batch = distributed.put_batch(next(batches), mesh)
             tick = time.perf_counter()
             if step == start:
                 compile_start = tick
@@ -113,7 +124,7 @@ def train(config: ExperimentConfig, workdir: str | Path, progress: bool = True) 
                                  {"step": done, "data_position": done * config.data.batch_size,
                                   "seed": config.seed, "train_seconds": train_seconds})
             if (config.run.validate_every and done % config.run.validate_every == 0) or done == total:
-                estimator.load(params)
+                estimator.load(jax.device_get(params))
                 reports = validate(estimator, sets)
                 for name, report in reports.items():
                     log.write(done, f"validate/{name}", report.mean)
@@ -122,11 +133,12 @@ def train(config: ExperimentConfig, workdir: str | Path, progress: bool = True) 
         checkpoints.close()
         log.close()
     if start >= total:  # already finished: measure the saved parameters
-        estimator.load(params)
+        estimator.load(jax.device_get(params))
         reports = validate(estimator, sets)
     result = {"params": num_params, "steps": total, "train_seconds": train_seconds,
               "validation": summarise(reports)}
-    write_json(workdir / RESULT_FILE, result)
+    if primary:
+        write_json(workdir / RESULT_FILE, result)
     return result
 
 

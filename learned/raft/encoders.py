@@ -72,10 +72,11 @@ class ResidualBlock(nnx.Module):
     """Two 3x3 conv-norm-ReLUs (the first strided) and a ReLU after the skip connection:
     ``(..., h, w, in) -> (..., ceil(h / stride), ceil(w / stride), out)``."""
 
-    def __init__(self, in_channels: int, out_channels: int, stride: int, norm: str, *, rngs: nnx.Rngs):
-        self.conv1 = conv2d(in_channels, out_channels, 3, stride=stride, rngs=rngs)
+    def __init__(self, in_channels: int, out_channels: int, stride: int, norm: str, *, rngs: nnx.Rngs,
+                 bias: bool = True):
+        self.conv1 = conv2d(in_channels, out_channels, 3, stride=stride, bias=bias, rngs=rngs)
         self.norm1 = _norm(norm, out_channels)
-        self.conv2 = conv2d(out_channels, out_channels, 3, rngs=rngs)
+        self.conv2 = conv2d(out_channels, out_channels, 3, bias=bias, rngs=rngs)
         self.norm2 = _norm(norm, out_channels)
         self.downsample = shortcut(in_channels, out_channels, stride, norm, rngs)
 
@@ -89,13 +90,14 @@ class BottleneckBlock(nnx.Module):
     """1x1, strided 3x3 and 1x1 conv-norm-ReLUs through ``out // 4`` channels, and a ReLU after the
     skip connection: ``(..., h, w, in) -> (..., ceil(h / stride), ceil(w / stride), out)``."""
 
-    def __init__(self, in_channels: int, out_channels: int, stride: int, norm: str, *, rngs: nnx.Rngs):
+    def __init__(self, in_channels: int, out_channels: int, stride: int, norm: str, *, rngs: nnx.Rngs,
+                 bias: bool = True):
         mid = out_channels // 4
-        self.conv1 = conv2d(in_channels, mid, 1, rngs=rngs)
+        self.conv1 = conv2d(in_channels, mid, 1, bias=bias, rngs=rngs)
         self.norm1 = _norm(norm, mid)
-        self.conv2 = conv2d(mid, mid, 3, stride=stride, rngs=rngs)
+        self.conv2 = conv2d(mid, mid, 3, stride=stride, bias=bias, rngs=rngs)
         self.norm2 = _norm(norm, mid)
-        self.conv3 = conv2d(mid, out_channels, 1, rngs=rngs)
+        self.conv3 = conv2d(mid, out_channels, 1, bias=bias, rngs=rngs)
         self.norm3 = _norm(norm, out_channels)
         self.downsample = shortcut(in_channels, out_channels, stride, norm, rngs)
 
@@ -120,7 +122,7 @@ def _stem(conv: nnx.Conv, x: jax.Array) -> jax.Array:
     halves = [jax.lax.conv_general_dilated(image, conv.kernel[..., half], conv.strides, conv.padding,
                                            dimension_numbers=("NHWC", "HWIO", "NHWC"))
               for half in (slice(0, 16), slice(16, 32))]
-    y = jnp.concatenate(halves, -1) + conv.bias[...]
+    y = jnp.concatenate(halves, -1) + (0.0 if conv.bias is None else conv.bias[...])
     return y.reshape(lead + y.shape[1:])
 
 
@@ -129,15 +131,17 @@ class Encoder(nnx.Module):
 
     A 7x7 stride-2 conv-norm-ReLU stem to ``widths[0]``, then three stages of two ``block``s
     ("residual" or "bottleneck") to ``widths[1..3]`` (the first block of the last two strided), then
-    a 1x1 convolution to ``widths[4]``.
+    a 1x1 convolution to ``widths[4]``. ``bias=False`` drops the biases of the stem and the blocks'
+    convolutions (GMFlow's backbone); the shortcut projections and the head keep theirs.
     """
 
-    def __init__(self, block: str, widths: tuple[int, ...], norm: str, *, rngs: nnx.Rngs, in_channels: int = 3):
+    def __init__(self, block: str, widths: tuple[int, ...], norm: str, *, rngs: nnx.Rngs, in_channels: int = 3,
+                 bias: bool = True):
         if block not in BLOCKS or len(widths) != 5:
             raise ValueError(f"need block in {sorted(BLOCKS)} and 5 widths, got {block!r} and {widths}")
-        make = BLOCKS[block]
-        stage = lambda a, b, stride: nnx.List([make(a, b, stride, norm, rngs=rngs), make(b, b, 1, norm, rngs=rngs)])
-        self.stem_conv = conv2d(in_channels, widths[0], 7, stride=2, rngs=rngs)
+        make = lambda a, b, stride: BLOCKS[block](a, b, stride, norm, rngs=rngs, bias=bias)
+        stage = lambda a, b, stride: nnx.List([make(a, b, stride), make(b, b, 1)])
+        self.stem_conv = conv2d(in_channels, widths[0], 7, stride=2, bias=bias, rngs=rngs)
         self.stem_norm = _norm(norm, widths[0])
         self.layer1 = stage(widths[0], widths[1], 1)
         self.layer2 = stage(widths[1], widths[2], 2)

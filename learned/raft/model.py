@@ -22,6 +22,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from learned.nets import ConvGRU, normalise_image
+from learned.padding import crop, pad, padding
 from learned.raft.correlation import BACKENDS
 from learned.raft.encoders import Encoder
 from learned.raft.update import FlowHead, MaskPredictor, MotionEncoder, SepConvGRU, UpdateBlock
@@ -133,14 +134,6 @@ class RaftUpdate(AbstractStep):
         return convex_upsample(flow, self.mask(state), FACTOR)
 
 
-def padding(shape: tuple[int, int], mode: str) -> tuple[tuple[int, int], tuple[int, int]]:
-    """``((top, bottom), (left, right))`` padding of an ``(h, w)`` image to multiples of 8:
-    centred (``sintel``) or at the bottom (``kitti``; horizontally centred), as RAFT's InputPadder."""
-    ph, pw = -shape[0] % FACTOR, -shape[1] % FACTOR
-    rows = (ph // 2, ph - ph // 2) if mode == "sintel" else (0, ph)
-    return rows, (pw // 2, pw - pw // 2)
-
-
 class Raft(nnx.Module):
     """RAFT: features and context at 1/8, ``solver.num_iters`` updates, upsampling by the step.
 
@@ -158,19 +151,17 @@ class Raft(nnx.Module):
 
     def __call__(self, frame1: jax.Array, frame2: jax.Array, flow_init: jax.Array | None = None) -> Solution:
         """Flow ``(h, w, 2)`` from ``frame1`` to ``frame2``, warm-started from ``flow_init`` ``(h, w, 2)``."""
-        (top, bottom), (left, right) = pads = padding(frame1.shape[:2], self.pad_mode)
-        pad = lambda x: jnp.pad(x, pads + ((0, 0),), mode="edge")
-        image1, image2 = pad(normalise_image(frame1)), pad(normalise_image(frame2))
+        pads = padding(frame1.shape[:2], FACTOR, self.pad_mode)
+        image1, image2 = pad(normalise_image(frame1), pads), pad(normalise_image(frame2), pads)
         energy, step = self.solver.energy, self.solver.step
         features1, features2 = energy.data.features(image1), energy.data.features(image2)
         low = features1.shape[:2]
-        flow0 = jnp.zeros(low + (2,), jnp.float32) if flow_init is None else resize_flow(pad(flow_init), low)
+        flow0 = jnp.zeros(low + (2,), jnp.float32) if flow_init is None else resize_flow(pad(flow_init, pads), low)
         context = energy.context(features1) | {"step": step.context(image1)}
         evidence = energy.linearize(features1, features2, None, flow0, context)
         solution = self.solver(evidence, flow0)
-        crop = lambda x: x[..., top:x.shape[-3] - bottom, left:x.shape[-2] - right, :]
-        flow = crop(step.readout(solution.flow, solution.state))
-        trajectory = None if solution.trajectory is None else crop(solution.trajectory)
+        flow = crop(step.readout(solution.flow, solution.state), pads)
+        trajectory = None if solution.trajectory is None else crop(solution.trajectory, pads)
         return Solution(flow, trajectory)
 
 

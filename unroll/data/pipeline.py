@@ -1,6 +1,8 @@
 """Training batches: a deterministic function of (seed, step), prefetched in the background.
 
-Batch ``k`` holds samples ``k * batch_size ... (k + 1) * batch_size - 1`` of an endless stream.
+Batch ``k`` holds samples ``k * batch_size ... (k + 1) * batch_size - 1`` of an endless stream;
+in a run of ``P`` processes, process ``p`` loads only its slice ``p * batch_size / P`` onwards of
+each (``batch_size / P`` samples), so the global batches do not depend on the process count.
 Sample ``i`` is ``generate_pair(synthetic, (seed, i))`` for synthetic data, or, for a dataset on
 disk, item ``order[i % n]`` of a per-epoch shuffle seeded by ``(seed, epoch)``, augmented with
 a generator seeded by ``(seed, i)``. The randomness is thus counter-based: the pipeline's whole
@@ -60,13 +62,21 @@ class TrainingData:
 
     Batches are dicts of ``frame1``, ``frame2`` ``(b, h, w, channels)`` float32 (grey when
     ``channels == 1``), ``flow`` ``(b, h, w, 2)`` and ``valid`` ``(b, h, w)`` bool. Iterate with
-    ``stream(start)`` to have the next batches prepared in a background thread.
+    ``stream(start)`` to have the next batches prepared in a background thread. Process
+    ``process_index`` of ``process_count`` gets its ``b = batch_size / process_count`` samples
+    of each batch.
     """
 
-    def __init__(self, config: TrainDataConfig, seed: int, channels: int):
+    def __init__(self, config: TrainDataConfig, seed: int, channels: int, process_index: int = 0,
+                 process_count: int = 1):
         if config.batch_size < 1:
             raise InputError(f"data.batch_size: must be >= 1, got {config.batch_size}")
+        if config.batch_size % process_count:
+            raise InputError(f"data.batch_size={config.batch_size} must be a multiple of {process_count} (the "
+                             "process count) to split evenly")
         self.config, self.seed, self.channels = config, seed, channels
+        self.local_size = config.batch_size // process_count
+        self.first = process_index * self.local_size
         self.dataset = None if config.source == "synthetic" else _dataset(config)
 
     def sample(self, index: int) -> dict:
@@ -85,9 +95,10 @@ class TrainingData:
                 "valid": np.asarray(pair["valid"], bool)}
 
     def batch(self, step: int) -> dict:
-        """Batch ``step``: samples ``step * batch_size`` onwards, stacked."""
-        size = self.config.batch_size
-        items = [self.sample(step * size + k) for k in range(size)]
+        """This process's slice of batch ``step``: its ``b`` samples from
+        ``step * batch_size + process_index * b`` on, stacked."""
+        start = step * self.config.batch_size + self.first
+        items = [self.sample(start + k) for k in range(self.local_size)]
         shapes = {item["flow"].shape for item in items}
         if len(shapes) > 1:
             raise InputError(f"data: samples of one batch differ in size {sorted(shapes)}; set data.augment.crop")
