@@ -27,6 +27,8 @@ import sys
 import time
 from pathlib import Path
 
+from cpu_limits import pin_cpus, thread_variables
+
 PRESETS = ("horn-schunck", "lucas-kanade", "tv-l1")
 LIBRARY = ("skimage-tvl1", "skimage-ilk", "cv-farneback", "cv-dis-medium", "cv-dualtvl1", "cv-dualtvl1-step0.5")
 SEQUENCES = ("RubberWhale", "Urban2")
@@ -47,14 +49,6 @@ def parse_args():
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--json", type=Path, help="also save all results here")
     return p.parse_args()
-
-
-def limit_threads(n: int) -> None:
-    """Must run before numpy/jax are imported."""
-    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
-        os.environ[var] = str(n)
-    flags = f"--xla_cpu_multi_thread_eigen={'true' if n > 1 else 'false'} intra_op_parallelism_threads={n}"
-    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + flags).strip()
 
 
 def timed(fn, repeats: int):
@@ -120,7 +114,8 @@ def fmt(x, spec):
 def main():
     args = parse_args()
     if args.threads:
-        limit_threads(args.threads)
+        os.environ.update(thread_variables(args.threads))  # before numpy/jax are imported
+        pin_cpus(args.threads)
     import jax
     import numpy as np
     from tqdm import tqdm

@@ -18,18 +18,11 @@ peak resident set during the warm-up and timed runs minus the resident set just 
 used and the row says so. JAX rows also give the compile's own peak (above the RSS after the model
 build) and XLA's ``memory_analysis()`` of the compiled program: temp + argument + output bytes.
 
-Threads: ``--threads N`` (default 2) pins every worker to N of the CPUs it may use
-(``os.sched_setaffinity``, what ``taskset`` does) before torch or jax is imported, sets
-``torch.set_num_threads(N)`` and the OpenMP/MKL/OpenBLAS variables, and ``NPROC=N``. Why not
-``XLA_FLAGS="--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=N"``: XLA:CPU sizes
-its thread pools (the PjRt client's Eigen intra-op pool and its task pool) from the CPUs the
-process may run on (``tsl::port::MaxParallelism``, affinity-aware) unless ``NPROC`` is set;
-``intra_op_parallelism_threads`` is not an XLA flag (written without ``--`` the parser ignores it,
-alone it is read as a flags-file name and aborts, and ``--intra_op_parallelism_threads`` is
-rejected as unknown), and ``--xla_cpu_multi_thread_eigen=false`` only makes each dot/convolution
-single-threaded, so it is added for N = 1 only. The affinity is the one limit both frameworks
-cannot exceed. The "cores used" column is the process CPU time over wall time during the timed
-runs: at most N, and under N when other work shares the CPUs.
+Threads: ``--threads N`` (default 2) pins every worker to N of the CPUs it may use before torch
+or jax is imported and sets the thread counts of torch, OpenMP/MKL/OpenBLAS and XLA
+(``experiments/cpu_limits.py`` says why this and not XLA flags). The "cores used" column is the
+process CPU time over wall time during the timed runs: at most N, and under N when other work
+shares the CPUs.
 
 ``--memory-only`` runs nothing: for RAFT with the on-the-fly correlation at ``--memory-size``
 (default 1088x1920) it compiles and reports XLA's memory of the correlation alone (``build``
@@ -58,6 +51,8 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+
+from cpu_limits import pin_cpus, thread_variables
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # run as a script from a checkout, no install needed
@@ -284,17 +279,8 @@ def memory_worker(spec: dict) -> dict:
     return out
 
 
-def pin_threads(n: int) -> list[int]:
-    """Restricts this process to ``n`` of its allowed CPUs (before torch/jax start their pools)."""
-    if not hasattr(os, "sched_setaffinity"):
-        return []
-    cpus = sorted(os.sched_getaffinity(0))[:n]
-    os.sched_setaffinity(0, cpus)
-    return cpus
-
-
 def worker_main(spec: dict) -> None:
-    cpus = pin_threads(spec["threads"])
+    cpus = pin_cpus(spec["threads"])
     run = {"torch": torch_worker, "jax": jax_worker, "memory": memory_worker}[spec["framework"]]
     result = run(spec)
     result["cpus"] = cpus
@@ -304,20 +290,11 @@ def worker_main(spec: dict) -> None:
 # ---------------------------------------------------------------- the driver
 
 
-def worker_env(threads: int) -> dict:
-    env = dict(os.environ)
-    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "NPROC"):
-        env[var] = str(threads)
-    if threads == 1:
-        env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") + " --xla_cpu_multi_thread_eigen=false").strip()
-    return env
-
-
 def run_worker(spec: dict, args) -> dict:
     """Runs one configuration in a fresh interpreter; its result, or ``{"error": ...}``."""
     cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", json.dumps(spec)]
     try:
-        proc = subprocess.run(cmd, env=worker_env(spec["threads"]), cwd=ROOT, capture_output=True, text=True,
+        proc = subprocess.run(cmd, env=thread_variables(spec["threads"]), cwd=ROOT, capture_output=True, text=True,
                               timeout=args.timeout)
     except subprocess.TimeoutExpired:
         return {"error": f"timed out after {args.timeout:.0f} s"}
