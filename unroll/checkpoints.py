@@ -38,6 +38,15 @@ def _shapes(tree) -> dict[str, tuple]:
     return {name(path): tuple(np.shape(leaf)) for path, leaf in jax.tree_util.tree_leaves_with_path(tree)}
 
 
+def _on_default_device(tree):
+    """``tree`` with its shape-only leaves placed on the default device: orbax restores a
+    checkpoint written on other devices only onto leaves that name theirs."""
+    device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    place = lambda x: (jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device)
+                       if isinstance(x, jax.ShapeDtypeStruct) and x.sharding is None else x)
+    return jax.tree.map(place, tree)
+
+
 class Checkpoints:
     """The checkpoints in ``workdir/checkpoints``; ``keep`` most recent ones are kept."""
 
@@ -74,13 +83,14 @@ class Checkpoints:
         return params, restored["opt_state"], dict(restored["progress"])
 
     def restore_params(self, params: nnx.State, step: int | None = None) -> nnx.State:
-        """The parameters of checkpoint ``step`` (default: the newest), in the structure of ``params``."""
+        """The parameters of checkpoint ``step`` (default: the newest), in the structure of ``params``
+        (arrays, or ``jax.ShapeDtypeStruct`` leaves from ``nnx.eval_shape``)."""
         step = self.latest_step() if step is None else step
         if step is None:
             raise InputError(f"{self.directory}: no checkpoint found")
         self._check_fits(step, _pure(params))
         restored = self.manager.restore(step, args=ocp.args.Composite(
-            params=ocp.args.StandardRestore(_pure(params))))
+            params=ocp.args.StandardRestore(_on_default_device(_pure(params)))))
         nnx.replace_by_pure_dict(params, restored["params"])
         return params
 
@@ -121,6 +131,7 @@ def load_trained(workdir: str | Path, overrides: list[str] = (), base: str | Non
     method = override(run.method, list(overrides))
     checkpoints = Checkpoints(workdir, read_only=True)
     try:
-        return method, checkpoints.restore_params(nnx.state(build(method), nnx.Param))
+        structure = nnx.state(nnx.eval_shape(lambda: build(method)), nnx.Param)  # shapes only: no initialisation
+        return method, checkpoints.restore_params(structure)
     finally:
         checkpoints.close()
