@@ -29,7 +29,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from learned.local_correlation import local_correlation
-from learned.nets import normalise_image
+from learned.nets import leaky_relu, normalise_image
 from learned.padding import crop, pad, padding
 from unroll.solver import Solution, resize_flow
 from unroll.warp import BilinearWarp
@@ -45,10 +45,6 @@ REFINE_INPUTS = 6
 
 #: torch's ``kaiming_normal_(w, 0.1)`` (fan in, LeakyReLU gain), FlowNetPytorch's initialisation.
 KAIMING = nnx.initializers.variance_scaling(2 / (1 + 0.1 ** 2), "fan_in", "normal")
-
-
-def leaky_relu(x: jax.Array) -> jax.Array:
-    return jax.nn.leaky_relu(x, 0.1)
 
 
 def per_image(fn: Callable, ndim: int) -> Callable:

@@ -53,6 +53,11 @@ class ConvGRU(nnx.Module):
         return (1 - z) * h + z * q
 
 
+def leaky_relu(x: jax.Array) -> jax.Array:
+    """LeakyReLU with slope 0.1, FlowNet's and PWC-Net's activation."""
+    return jax.nn.leaky_relu(x, 0.1)
+
+
 def normalise_image(image: jax.Array) -> jax.Array:
     """Frames on the 0..255 scale to roughly zero-mean unit range, the scale networks train on."""
     return image / 127.5 - 1.0

@@ -35,6 +35,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from learned.local_correlation import local_correlation
+from learned.nets import leaky_relu
 from learned.padding import crop, pad, padding
 from unroll.solver import Solution, resize_flow
 from unroll.warp import BilinearWarp
@@ -54,10 +55,6 @@ LEVELS = (6, 5, 4, 3, 2)
 
 #: The reference's ``kaiming_normal(mode="fan_in")`` (fan-in of every layer's inputs).
 he_normal = nnx.initializers.variance_scaling(2.0, "fan_in", "normal")
-
-
-def leaky_relu(x: jax.Array) -> jax.Array:
-    return jax.nn.leaky_relu(x, 0.1)
 
 
 def conv(in_features: int, out_features: int, *, rngs: nnx.Rngs, stride: int = 1, dilation: int = 1) -> nnx.Conv:

@@ -20,7 +20,7 @@ from flax import nnx
 from unroll.config import ConfigError, override
 from unroll.errors import InputError
 from unroll.experiment import experiment
-from unroll.methods import MethodConfig, build
+from unroll.methods import MethodConfig, param_structure
 
 CONFIG_FILE = "config.json"
 CHECKPOINT_DIR = "checkpoints"
@@ -131,7 +131,6 @@ def load_trained(workdir: str | Path, overrides: list[str] = (), base: str | Non
     method = override(run.method, list(overrides))
     checkpoints = Checkpoints(workdir, read_only=True)
     try:
-        structure = nnx.state(nnx.eval_shape(lambda: build(method)), nnx.Param)  # shapes only: no initialisation
-        return method, checkpoints.restore_params(structure)
+        return method, checkpoints.restore_params(param_structure(method))
     finally:
         checkpoints.close()

@@ -30,7 +30,7 @@ from unroll.flow_io import write_flow
 from unroll.files import atomic_write_bytes
 from unroll.images import read_image
 from unroll.experiment import experiment, load_experiment
-from unroll.methods import METHODS, MODELS, MethodConfig, build, count_params, param_count, preset
+from unroll.methods import METHODS, MODELS, MethodConfig, count_params, param_count, param_structure, preset
 from unroll.trainer import start_from, train
 from unroll.visualize import write_flow_image
 from learned.raft.convert import convert, read_state_dict
@@ -168,7 +168,7 @@ def _train(args) -> None:
 def _convert(args) -> None:
     state_dict = read_state_dict(args.input)
     config = experiment({"base": args.model}, args.set)
-    params = convert(state_dict, nnx.state(build(config.method), nnx.Param))
+    params = convert(state_dict, param_structure(config.method))
     start_from(args.output, config, params)
     print(f"converted {len(state_dict)} tensors ({param_count(params)} parameters) of {args.input} -> "
           f"{args.output}; use it with --checkpoint {args.output}", file=sys.stderr)

@@ -258,9 +258,14 @@ def min_frame_side(config: MethodConfig) -> int:
     return config.pyramid.min_size
 
 
+def param_structure(config: MethodConfig) -> nnx.State:
+    """The method's ``nnx.Param`` state as ``jax.ShapeDtypeStruct`` leaves: shapes, no initialisation."""
+    return nnx.state(nnx.eval_shape(lambda: build(config)), nnx.Param)
+
+
 def count_params(config: MethodConfig) -> int:
     """Number of learned parameters (scalars in ``nnx.Param`` leaves) of the method."""
-    return param_count(nnx.state(nnx.eval_shape(lambda: build(config)), nnx.Param))  # shapes only
+    return param_count(param_structure(config))
 
 
 def param_count(params) -> int:

@@ -87,11 +87,11 @@ def strip_prefix(state_dict: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
 
 
 def convert(state_dict: Mapping[str, np.ndarray], params: nnx.State) -> nnx.State:
-    """``params`` (the ``nnx.Param`` state of a ``Raft`` of the same variant) with every leaf taken
+    """``params`` (the ``nnx.Param`` state of a ``Raft`` of the same variant, arrays or shapes) with every leaf taken
     from the PyTorch ``state_dict`` (name -> array); raises ``InputError`` naming every missing,
     left-over or misshapen tensor."""
     state_dict = strip_prefix(state_dict)
-    naming = {"torchvision": (1, _torchvision_name), "original": (2, _original_name)}[layout(state_dict)]
+    naming = {"torchvision": (0, _torchvision_name), "original": (1, _original_name)}[layout(state_dict)]
     target = nnx.to_pure_dict(params)
     flat = {path: leaf for path, leaf in _flatten(target)}
     modules = sorted({path[:-1] for path in flat}, key=str)
@@ -129,10 +129,13 @@ def convert(state_dict: Mapping[str, np.ndarray], params: nnx.State) -> nnx.Stat
 
 
 def _torch_prefix(module: tuple, naming) -> str:
+    """The PyTorch name of our module path, under ``naming`` = (the layout's column of ``_PARTS``
+    after ours, its renaming function)."""
     column, rename = naming
     for ours, *theirs in _PARTS:
         if module[:len(ours)] == ours:
-            return f"{theirs[column - 1]}.{rename(theirs[column - 1], module[len(ours):])}"
+            part = theirs[column]
+            return f"{part}.{rename(part, module[len(ours):])}"
     raise ValueError(f"no PyTorch name for {module}")
 
 
