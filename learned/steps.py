@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import jax
 import jax.numpy as jnp
 from flax import nnx
@@ -30,15 +32,22 @@ class LearnedStepSizes(AbstractStep):
 
 
 class LearnedPreconditioner(AbstractStep):
-    """``w <- w + exp(s(I1)) * (step(w) - w)``: a per-pixel, per-component scale of the update
-    predicted from frame 1 by a small CNN (zero at initialisation, so the scale starts at 1)."""
+    """``w <- w + r(I1) * (step(w) - w)``: a per-pixel, per-component relaxation of the update
+    predicted from frame 1 by a small CNN ``s``: ``r = max_scale * sigmoid(s + logit(1 / max_scale))``,
+    which is 1 where ``s`` is zero (at initialisation) and stays in ``(0, max_scale)``. Unbounded
+    (``exp(s)``), a few early optimiser steps pushed it past 2, where the Jacobi iteration diverges
+    (a loss of 1e7 in training)."""
 
-    def __init__(self, step: AbstractStep, channels: int, *, rngs: nnx.Rngs, hidden: int = 16):
+    def __init__(self, step: AbstractStep, channels: int, *, rngs: nnx.Rngs, hidden: int = 16,
+                 max_scale: float = 2.0):
         self.step = step
         self.net = ConvNet(channels, 2, rngs=rngs, hidden=hidden)
+        self.max_scale = max_scale
 
     def context(self, image):
-        return jnp.exp(self.net(normalise_image(image)))  # the image alone decides the scale
+        """The relaxation ``(h, w, 2)``: the image alone decides it."""
+        offset = -math.log(self.max_scale - 1.0)  # logit(1 / max_scale)
+        return self.max_scale * jax.nn.sigmoid(self.net(normalise_image(image)) + offset)
 
     def init_state(self, energy, evidence, flow):
         scale = self.context(evidence["image"]) if evidence.get("step") is None else evidence["step"]

@@ -8,7 +8,7 @@ import io
 import imageio.v3 as iio
 import pytest
 
-from unroll import ablation
+from unroll import ablation, study
 from unroll.cli import main
 from unroll.config import ConfigError
 from unroll.experiment import experiment
@@ -45,7 +45,7 @@ def test_the_base_must_be_hand_tuned():
 
 def test_ablate_writes_tables_and_chart_and_reuses_finished_runs(tmp_path, monkeypatch, capsys):
     config_file = tmp_path / "study.toml"
-    config_file.write_text(_toml(STUDY))
+    config_file.write_text(toml(STUDY))
     workdir = tmp_path / "study"
     assert main(["ablate", str(config_file), "--workdir", str(workdir), "--quiet"]) == 0
     printed = capsys.readouterr().out
@@ -63,8 +63,8 @@ def test_ablate_writes_tables_and_chart_and_reuses_finished_runs(tmp_path, monke
     def no_training(*args, **kwargs):
         raise AssertionError("a finished run was trained again")
 
-    monkeypatch.setattr(ablation, "train", no_training)
-    monkeypatch.setattr(ablation, "validate", no_training)
+    monkeypatch.setattr(study, "train", no_training)
+    monkeypatch.setattr(study, "validate", no_training)
     assert main(["ablate", str(config_file), "--workdir", str(workdir), "--quiet"]) == 0
     assert capsys.readouterr().out == printed
 
@@ -76,12 +76,12 @@ def test_a_changed_study_refuses_the_old_workdir(tmp_path):
         ablation.run_ablation(experiment(STUDY | {"optim": {"steps": 4}}), workdir, progress=False)
 
 
-def _toml(mapping: dict, prefix: str = "") -> str:
+def toml(mapping: dict, prefix: str = "") -> str:
     """A minimal TOML writer for the nested dicts of these tests."""
     lines, tables = [], []
     for key, value in mapping.items():
         if isinstance(value, dict):
-            tables.append(_toml(value, f"{prefix}{key}."))
+            tables.append(toml(value, f"{prefix}{key}."))
         else:
             lines.append(f"{key} = {_value(value)}")
     header = [f"[{prefix[:-1]}]"] if prefix and lines else []

@@ -222,7 +222,7 @@ def test_models_lists_methods_and_networks_with_parameter_counts(capsys):
     lines = capsys.readouterr().out.splitlines()[1:]
     expected = [[name, "0"] for name in PRESETS] + [
         ["raft", "5257536"], ["raft-small", "990162"], ["flownet-s", "38675536"], ["flownet-c", "39174320"],
-        ["pwc-net", "9374274"], ["gmflow", "4680288"]]
+        ["pwc-net", "9374274"], ["gmflow", "4680288"], ["gmflow-refine", "4716720"], ["flowformer", "9242224"]]
     assert [line.split()[:2] for line in lines] == expected
 
 

@@ -166,6 +166,44 @@ def test_initialize_is_a_no_op_for_one_process_and_checks_the_id(monkeypatch):
         distributed.initialize(process_id=5)
 
 
+EVALUATE = """
+    import sys
+    import jax, numpy as np, pytest
+    from helpers import textured_pair
+    from unroll.config import override
+    from unroll.data.datasets import Sample
+    from unroll.errors import InputError
+    from unroll.estimator import FlowEstimator
+    from unroll.evaluation import evaluate
+    from unroll.methods import preset
+
+    assert jax.device_count() == 4
+    def sample(k, shape):
+        frame1, frame2 = textured_pair(shape, shift=(0.3 * k, 0.5), seed=k)
+        return Sample(f"pair{k}", frame1[..., None], frame2[..., None], np.broadcast_to([0.5, 0.3 * k], shape + (2,)).astype(np.float32),
+                      np.ones(shape, bool))
+    # six pairs of one size (a batch of 4, then 2 padded to 4) and one of another (1 padded to 4)
+    samples = [sample(k, (24, 28) if k != 2 else (20, 32)) for k in range(7)]
+    est = FlowEstimator(override(preset("tv-l1"), ["pyramid.levels=2", "solver.num_iters=5", "step.learned=sizes"]))
+    one, four = evaluate(est, samples, "synthetic", progress=False), evaluate(est, samples, "synthetic", batch=4,
+                                                                              progress=False)
+    with pytest.raises(InputError, match="batch 6: must be a multiple of the device count 4"):
+        evaluate(est, samples, "synthetic", batch=6)
+    # one program per frame size: every batch, full or not, is padded to 4 pairs, one per device
+    assert sorted(shape for _, shape in est.compile_seconds if len(shape) == 4) == [(4, 20, 32, 1), (4, 24, 28, 1)]
+    np.savez(sys.argv[1], names=list(one.rows), batch_names=list(four.rows),
+             one=[[r[k] for k in ("epe", "aae", "px1")] for r in one.rows.values()],
+             four=[[r[k] for k in ("epe", "aae", "px1")] for r in four.rows.values()])
+"""
+
+
+def test_sharded_evaluation_equals_the_per_pair_one(tmp_path):
+    _python(EVALUATE, tmp_path / "out.npz")
+    out = np.load(tmp_path / "out.npz")
+    assert list(out["batch_names"]) == list(out["names"]) == [f"pair{k}" for k in range(7)]
+    np.testing.assert_allclose(out["four"], out["one"], rtol=1e-5, atol=1e-5)
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("localhost", 0))

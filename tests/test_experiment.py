@@ -26,6 +26,10 @@ level_iters = [5, 4]
 steps = 50
 schedule = "cosine"
 
+[data]
+source = "chairs"
+path = "FlyingChairs_release"
+
 [data.synthetic]
 size = [48, 64]
 
@@ -82,6 +86,8 @@ def test_overrides_apply_after_the_file_and_base_first(tmp_path):
     ("base = \"horn-shunck\"\n", "unknown method 'horn-shunck'"),
     ("[optim]\nsteps = 0\n", "optim.steps: must be >= 1"),
     ("seed = 5\n[validation]\nsynthetic_seed = 5\n", "validation.synthetic_seed must differ"),
+    ("[data.augment]\ncrop = [32, 48]\nhflip_prob = 0.0\n",
+     "data.augment.crop, data.augment.hflip_prob: augmentation applies to data sets"),
 ])
 def test_bad_keys_and_values_name_the_key(tmp_path, text, message):
     path = _write(tmp_path, text)

@@ -97,3 +97,16 @@ def test_learned_prefilter_taps_stay_a_symmetric_positive_blur():
         assert taps.shape == (9,) and (taps > 0).all()
         np.testing.assert_allclose(taps, taps[::-1], rtol=1e-6)
         np.testing.assert_allclose(taps.sum(), 1.0, rtol=1e-6)
+
+
+def test_learned_preconditioner_relaxation_stays_between_zero_and_its_bound():
+    step = learned_model("preconditioner").solver.step  # wraps tv-l1's red-black step
+    image = frames()[0]
+    np.testing.assert_allclose(np.asarray(step.context(image)), 1.0, rtol=1e-6)  # starts as the twin
+    last = step.net.layers[-1]
+    for sign in (1.0, -1.0):  # a network pushed far either way
+        last.kernel[...] = sign * 50.0 * jnp.ones_like(last.kernel[...])
+        relaxation = np.asarray(step.context(image))
+        assert relaxation.shape == image.shape[:2] + (2,)
+        assert (relaxation >= 0).all() and (relaxation <= step.max_scale).all()
+        assert np.abs(relaxation - (step.max_scale if sign > 0 else 0.0)).min() < 1e-3  # the bound is reached

@@ -189,6 +189,15 @@ def test_flow_with_checkpoint_uses_the_trained_parameters(trained_run, tmp_path)
     assert np.abs(expected - untrained).max() > 1e-4  # training moved the parameters
 
 
+def test_an_estimator_built_from_parameters_needs_all_of_them(trained_run):
+    method, params = load_trained(trained_run)
+    flat = nnx.to_flat_state(params)
+    partial = nnx.from_flat_state([(path, leaf) for path, leaf in flat if "scales" not in path])
+    assert len(partial) < len(flat)
+    with pytest.raises(ValueError, match="params lack 1 of the method's arrays, e.g. .*scales"):
+        FlowEstimator(method, params=partial)
+
+
 def test_eval_with_checkpoint(trained_run, tmp_path):
     write_middlebury(tmp_path / "data")
     out = tmp_path / "eval.json"

@@ -1,5 +1,5 @@
 """The ``unroll`` command line: compute flow, evaluate methods, list methods, show configs, train
-hybrids from experiment files and run ablations.
+hybrids from experiment files, run ablations and studies.
 
 Results go to stdout (the evaluation table, the method list, the config JSON); progress and
 timing lines go to stderr. Bad input of any kind ends with one line
@@ -19,7 +19,7 @@ import textwrap
 from flax import nnx
 
 from unroll import compile_cache, distributed
-from unroll.ablation import run_ablation, markdown
+from unroll.ablation import variants as ablation_variants
 from unroll.checkpoints import load_trained
 from unroll.config import override, to_dict, to_json
 from unroll.data.datasets import FORMATS, FRAME1, FRAME2, GROUND_TRUTH
@@ -31,6 +31,7 @@ from unroll.files import atomic_write_bytes
 from unroll.images import read_image
 from unroll.experiment import experiment, load_experiment
 from unroll.methods import METHODS, MODELS, MethodConfig, count_params, param_count, param_structure, preset
+from unroll.study import load_study, markdown, run_study
 from unroll.trainer import start_from, train
 from unroll.visualize import write_flow_image
 from learned.raft.convert import convert, read_state_dict
@@ -54,6 +55,10 @@ DESCRIPTIONS: dict[str, str] = {
                "and a DenseNet estimator per level, context network.",
     "gmflow": "GMFlow (Xu et al. 2022): transformer features, global softmax matching over all pixels, "
               "flow propagation by self-attention, convex upsampling.",
+    "gmflow-refine": "GMFlow with refinement: global matching at 1/8, then local matching (radius 4) on warped "
+                     "features and 3x3 propagation at 1/4, convex 4x upsampling.",
+    "flowformer": "FlowFormer (Huang et al. 2022) with RAFT's encoders: all-pairs cost maps encoded into latent "
+                  "tokens by attention (AGT), memory queried at the flow, GRU update.",
 }
 
 _FLOW_EXTENSIONS = (".flo", ".png")
@@ -93,10 +98,7 @@ def _estimator(args) -> tuple[MethodConfig, FlowEstimator]:
     on unless ``--no-cache``."""
     _enable_cache(args)
     config, params = _method(args)
-    est = FlowEstimator(config)
-    if params is not None:
-        est.load(params)
-    return config, est
+    return config, FlowEstimator(config, params=params)
 
 
 def _flow(args) -> None:
@@ -118,7 +120,7 @@ def _flow(args) -> None:
 def _eval(args) -> None:
     dataset = FORMATS[args.format](args.data)
     config, est = _estimator(args)
-    report = evaluate(est, dataset, args.format, args.limit, desc=args.label)
+    report = evaluate(est, dataset, args.format, args.limit, desc=args.label, batch=args.batch)
     print(report.table())
     if args.json:
         result = {"method": args.label, "checkpoint": args.checkpoint, "format": args.format, "config": to_dict(config),
@@ -146,12 +148,20 @@ def _show_config(args) -> None:
         print(to_json(_config(args)))
 
 
-def _ablate(args) -> None:
-    config = load_experiment(args.config, args.set)
+def _compare(args, variants: dict, table: str) -> None:
+    """Run the study ``variants``, print its table and say where the files went."""
     _enable_cache(args)
-    rows = run_ablation(config, args.workdir, progress=not args.quiet)
+    rows = run_study(variants, args.workdir, table, progress=not args.quiet)
     print(markdown(rows), end="")
-    print(f"tables and chart -> {os.path.join(args.workdir, 'ablation.{md,csv,png}')}", file=sys.stderr)
+    print(f"tables and chart -> {os.path.join(args.workdir, table + '.{md,csv,png}')}", file=sys.stderr)
+
+
+def _ablate(args) -> None:
+    _compare(args, ablation_variants(load_experiment(args.config, args.set)), "ablation")
+
+
+def _study(args) -> None:
+    _compare(args, load_study(args.config, args.set), "study")
 
 
 def _train(args) -> None:
@@ -197,6 +207,7 @@ def _parser() -> argparse.ArgumentParser:
                "  unroll train experiments/hybrid_hs.toml --workdir runs/hybrid_hs\n"
                "  unroll eval --checkpoint runs/hybrid_hs --data ../shared/data\n"
                "  unroll ablate experiments/ablation_hs.toml --workdir runs/ablation_hs\n"
+               "  unroll study experiments/lineage.toml --workdir runs/lineage\n"
                "  unroll convert raft raft-things.pth runs/raft-things\n\n"
                "Run `unroll COMMAND --help` for the options of a command.")
     parser.add_argument("--no-cache", action="store_true",
@@ -247,12 +258,18 @@ def _parser() -> argparse.ArgumentParser:
                     "the others average per pair. With occlusion masks (Sintel, KITTI) EPE noc "
                     "and EPE occ are added: EPE on the pixels visible in both frames and on the others."),
         epilog="examples:\n  unroll eval --method tv-l1 --data data/ --json results.json\n"
-               "  unroll eval --method tv-l1 --data MPI-Sintel-complete --format sintel --limit 50")
+               "  unroll eval --method tv-l1 --data MPI-Sintel-complete --format sintel --limit 50\n"
+               "  unroll eval --checkpoint runs/raft_small --data ../shared/data --set compute_dtype=bfloat16 "
+               "--batch 4")
     evaluate.add_argument("--data", required=True, metavar="DIR", help="the data set folder (see above)")
     evaluate.add_argument("--format", default="middlebury", choices=list(FORMATS),
                           help="layout of DIR and benchmark conventions (default: %(default)s)")
     evaluate.add_argument("--limit", type=_positive_int, metavar="N", help="evaluate only the first N pairs")
     evaluate.add_argument("--json", metavar="OUT", help="also write the results as JSON")
+    evaluate.add_argument("--batch", type=_positive_int, default=1, metavar="N",
+                          help="run pairs of equal size N at a time, split over every local device (N: a "
+                               "multiple of the device count; a size's last batch is padded to one); the "
+                               "time column is then each batch's time over its pairs (default: 1, one by one)")
     evaluate.set_defaults(func=_eval)
 
     models = commands.add_parser(
@@ -318,6 +335,20 @@ def _parser() -> argparse.ArgumentParser:
                     "chart ablation.png."),
         epilog="example:\n  unroll ablate experiments/ablation_hs.toml --workdir runs/ablation")
     ablate.set_defaults(func=_ablate)
+
+    study = commands.add_parser(
+        "study", parents=[experiment_options], formatter_class=formatter,
+        help="train and compare the variants listed in a study file",
+        description=textwrap.fill("Run every variant of the study file CONFIG: an experiment file (the keys all "
+                    "variants share: seed, data, optim.steps, validation) with a [variants] table of "
+                    "name = [\"key=value\", ...] (e.g. [\"base=raft\"]; a network's base brings its paper's "
+                    "optimiser recipe). Each variant is a training run in DIR/<name> (a method with nothing "
+                    "to learn is only evaluated; finished runs are reused, interrupted ones resume); --set "
+                    "applies to all. Prints a Markdown table (parameters, training seconds, and per "
+                    "validation set EPE, px1/3/5 and the mean flow seconds per pair) and writes "
+                    "DIR/study.md, study.csv and a bar chart study.png."),
+        epilog="example:\n  unroll study experiments/lineage.toml --workdir runs/lineage")
+    study.set_defaults(func=_study)
 
     converting = commands.add_parser(
         "convert", formatter_class=formatter, help="import PyTorch RAFT weights",

@@ -9,10 +9,13 @@ import sys
 from collections.abc import Sequence
 from typing import NamedTuple
 
+import jax
 import numpy as np
 from tqdm import tqdm
 
+from unroll import distributed
 from unroll.data.datasets import Sample, occlusion_split
+from unroll.errors import InputError
 from unroll.estimator import FlowEstimator
 from unroll.metrics import flow_metrics, valid_mask
 
@@ -98,16 +101,37 @@ def mean_metrics(rows: dict[str, dict], counts: dict[str, dict], pooled: tuple[s
 
 
 def evaluate(estimator: FlowEstimator, samples: Sequence[Sample], data_format: str = "middlebury",
-             limit: int | None = None, desc: str = "eval", progress: bool = True) -> Report:
+             limit: int | None = None, desc: str = "eval", progress: bool = True, batch: int = 1) -> Report:
     """Run ``estimator`` on every sample (the first ``limit``) and measure it; the mean follows
     ``POOLED[data_format]``.
 
     ``samples`` is any sequence of ``Sample`` (a dataset reader, or a list); each is loaded once.
     Errors in a sample name its files where ``samples`` is a dataset reader, else its name.
+    ``batch`` > 1: pairs of one frame size run ``batch`` at a time, split over this process's
+    devices (``batch`` must be a multiple of their count; a size's last, smaller batch is padded
+    to a multiple of it, see ``FlowEstimator.timed_batch``), each row's time being its batch's
+    time over its pairs. The flows are those of ``batch=1`` up to float rounding.
     """
     pairs = getattr(samples, "pairs", None)
     compiled_before = sum(estimator.compile_seconds.values())
-    rows, counts = {}, {}
+    if batch < 1:
+        raise InputError(f"batch {batch}: must be >= 1")
+    mesh = None if batch == 1 else distributed.mesh(jax.local_devices())
+    if mesh is not None and batch % mesh.size:
+        raise InputError(f"batch {batch}: must be a multiple of the device count {mesh.size} to split evenly")
+    measured = {}  # sample index -> (name, row, pixel counts)
+    pending: dict[tuple, list] = {}  # frame size -> [(index, sample, names)] waiting for a batch
+
+    def measure(index: int, sample: Sample, flow: np.ndarray, flow_s: float) -> None:
+        row, counts = sample_metrics(flow, sample)
+        measured[index] = sample.name, row | {"time_s": flow_s}, counts
+
+    def run(group: list) -> None:
+        flows, _, flow_s = estimator.timed_batch([s.frame1 for _, s, _ in group], [s.frame2 for _, s, _ in group],
+                                                 mesh, [names for *_, names in group])
+        for (index, sample, _), flow in zip(group, flows):
+            measure(index, sample, flow, flow_s / len(group))
+
     unit = "seq" if data_format == "middlebury" else "pair"
     count = len(samples) if limit is None else min(limit, len(samples))
     for i in tqdm(range(count), desc=desc, unit=unit, file=sys.stderr, disable=None if progress else True,
@@ -115,10 +139,19 @@ def evaluate(estimator: FlowEstimator, samples: Sequence[Sample], data_format: s
         sample = samples[i]
         names = ((str(pairs[i].frame1), str(pairs[i].frame2)) if pairs is not None
                  else (f"{sample.name}: frame 1", f"{sample.name}: frame 2"))
-        flow, _, flow_s = estimator.timed(sample.frame1, sample.frame2, names)
-        row, counts[sample.name] = sample_metrics(flow, sample)
-        rows[sample.name] = row | {"time_s": flow_s}
-    if not rows:
+        if mesh is None:
+            flow, _, flow_s = estimator.timed(sample.frame1, sample.frame2, names)
+            measure(i, sample, flow, flow_s)
+            continue
+        group = pending.setdefault(np.shape(sample.frame1), [])
+        group.append((i, sample, names))
+        if len(group) == batch:
+            run(pending.pop(np.shape(sample.frame1)))
+    for group in pending.values():
+        run(group)
+    if not measured:
         raise ValueError("no samples to evaluate")
+    rows = {name: row for name, row, _ in (measured[i] for i in sorted(measured))}
+    counts = {name: c for name, _, c in measured.values()}
     return Report(rows, mean_metrics(rows, counts, POOLED[data_format]),
                   sum(estimator.compile_seconds.values()) - compiled_before)

@@ -23,7 +23,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
-from unroll.config import ConfigError, choice, override, read_file, update
+from unroll.config import ConfigError, choice, flat_keys, override, read_file, update
 from unroll.data.datasets import FORMATS
 from unroll.data.pipeline import TrainDataConfig
 from unroll.methods import PRESETS, MethodConfig, preset
@@ -101,6 +101,12 @@ def _check(config: ExperimentConfig) -> ExperimentConfig:
     for key, value in non_negative.items():
         if value < 0:
             raise ConfigError(f"bad value {value} for {key}: must be >= 0")
+    augment = {k: v for k, v in flat_keys(config.data.augment).items()
+               if v != flat_keys(TrainDataConfig().augment)[k]}
+    if config.data.source == "synthetic" and augment:
+        raise ConfigError(f"data.augment.{', data.augment.'.join(sorted(augment))}: augmentation applies to data sets "
+                          "(data.source); the synthetic generator draws its pairs at data.synthetic.size, "
+                          "with its own random motions: set those instead")
     if config.validation.synthetic_seed == config.seed:
         raise ConfigError(f"validation.synthetic_seed must differ from seed ({config.seed}): validation pairs "
                           "would repeat training pairs")
@@ -113,11 +119,13 @@ _MULTISCALE = (0.32, 0.08, 0.02, 0.01, 0.005)
 #: The published training recipe of a network, the ``optim`` defaults when it is the ``base``
 #: (the others take ``OptimConfig``'s, RAFT's). FlowNet and PWC-Net: Adam at 1e-4, constant over
 #: any budget this side of their first 300k / 400k steps, weight decay 4e-4, end-point error
-#: weighted per scale; GMFlow: RAFT's recipe with gamma 0.9 over its two predictions.
+#: weighted per scale; GMFlow: RAFT's recipe with gamma 0.9 over its predictions (two, four refined);
+#: FlowFormer: RAFT's recipe at the learning rate 2.5e-4.
 RECIPES: dict[str, OptimConfig] = {
     **{name: OptimConfig(learning_rate=1e-4, weight_decay=4e-4, schedule="constant", loss="epe",
                          loss_weights=_MULTISCALE) for name in ("flownet-s", "flownet-c", "pwc-net")},
-    "gmflow": OptimConfig(gamma=0.9),
+    **{name: OptimConfig(gamma=0.9) for name in ("gmflow", "gmflow-refine")},
+    "flowformer": OptimConfig(learning_rate=2.5e-4),
 }
 
 

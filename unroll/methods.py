@@ -21,8 +21,9 @@ from classical.prefilters import GaussianPrefilter
 from classical.smoothness import STENCILS, PairwiseSmoothness, half_stencil
 from classical.steps import BlockJacobiStep, GradientStep, RedBlackStep
 from learned.data_terms import LearnedFeatures
+from learned.flowformer import flowformer
 from learned.flownet import FlowNetC, FlowNetS
-from learned.gmflow import GMFlow
+from learned.gmflow import SCALES, GMFlow
 from learned.prefilters import LearnedPrefilter
 from learned.pwcnet import PWCNet
 from learned.raft.model import FACTOR, raft
@@ -31,6 +32,7 @@ from learned.steps import LearnedPreconditioner, LearnedStepSizes, RecurrentStep
 from unroll.config import ConfigError, choice
 from unroll.energy import Energy
 from unroll.gradients import Implicit, Truncated, Unrolled
+from unroll.precision import COMPUTE_DTYPES, set_compute_dtype
 from unroll.solver import CoarseToFine, UnrolledSolver
 from unroll.warp import BilinearWarp
 
@@ -137,10 +139,11 @@ class SolverConfig:
 class ModelConfig:
     """Which network the scaffold is. ``scaffold``: built from the operator sections (classical
     methods and hybrids). The published networks read ``data.colour`` and the keys below;
-    ``raft`` / ``raft-small`` also ``solver`` (iterations, gradient mode, unroll).
+    ``raft`` / ``raft-small`` / ``flowformer`` also ``solver`` (iterations, gradient mode, unroll).
     """
 
-    kind: str = choice("scaffold", "scaffold", "raft", "raft-small", "flownet-s", "flownet-c", "pwc-net", "gmflow")
+    kind: str = choice("scaffold", "scaffold", "raft", "raft-small", "flownet-s", "flownet-c", "pwc-net", "gmflow",
+                       "gmflow-refine", "flowformer")
     correlation: str = choice("all-pairs", "all-pairs", "on-the-fly")
     """RAFT: the pooled all-pairs volume, or the same numbers computed per lookup window (memory
     linear in the pixels instead of quadratic)."""
@@ -148,7 +151,7 @@ class ModelConfig:
     corr_radius: int = 0
     """RAFT lookup window radius; 0: the model's (4, or 3 for raft-small)."""
     padding: str = choice("sintel", "sintel", "kitti")
-    """RAFT and GMFlow pad frames to multiples of 8 (16): centred (sintel) or at the bottom (kitti)."""
+    """RAFT and GMFlow pad frames to multiples of 8 (16, or 32 refined): centred (sintel) or at the bottom (kitti)."""
 
 
 @dataclass(frozen=True)
@@ -161,6 +164,9 @@ class MethodConfig:
     pyramid: PyramidConfig = PyramidConfig()
     solver: SolverConfig = SolverConfig()
     model: ModelConfig = ModelConfig()
+    compute_dtype: str = choice("float32", *COMPUTE_DTYPES)
+    """``bfloat16``: the networks' layers compute in bfloat16 with float32 parameters; flows,
+    correlations, losses and the hand-tuned operators stay float32 (see ``unroll.precision``)."""
 
 
 def _penalty(config: PenaltyConfig):
@@ -222,7 +228,13 @@ def _prefilter(config: PyramidConfig):
 
 def build(config: MethodConfig, keep_trajectory: bool = False, seed: int = 0) -> nnx.Module:
     """The module described by ``config`` (``CoarseToFine``, or a network such as ``Raft``), mapping
-    two frames ``(h, w, c)`` to a ``Solution``; ``seed`` initialises learned operators."""
+    two frames ``(h, w, c)`` to a ``Solution``; ``seed`` initialises learned operators. Its network
+    layers compute in ``config.compute_dtype``."""
+    return set_compute_dtype(_module(config, keep_trajectory, seed), config.compute_dtype)
+
+
+def _module(config: MethodConfig, keep_trajectory: bool, seed: int) -> nnx.Module:
+    """``build`` before the compute dtype is set."""
     rngs = nnx.Rngs(seed)
     m = config.model
     networks = {
@@ -232,9 +244,14 @@ def build(config: MethodConfig, keep_trajectory: bool = False, seed: int = 0) ->
         "flownet-s": lambda: FlowNetS(rngs=rngs, keep_trajectory=keep_trajectory),
         "flownet-c": lambda: FlowNetC(rngs=rngs, keep_trajectory=keep_trajectory),
         "pwc-net": lambda: PWCNet(rngs=rngs, keep_trajectory=keep_trajectory),
-        "gmflow": lambda: GMFlow(rngs=rngs, keep_trajectory=keep_trajectory, pad_mode=m.padding),
+        "gmflow": lambda: GMFlow(rngs=rngs, scales=SCALES[m.kind], keep_trajectory=keep_trajectory,
+                                  pad_mode=m.padding),
+        "flowformer": lambda: flowformer(config.solver.num_iters, _gradient_mode(config.solver), rngs=rngs,
+                                         keep_trajectory=keep_trajectory, unroll=config.solver.unroll,
+                                         pad_mode=m.padding),
     }
     networks["raft-small"] = networks["raft"]
+    networks["gmflow-refine"] = networks["gmflow"]
     if m.kind in networks:
         return networks[m.kind]()
     data = _data(config.data, rngs)
@@ -316,7 +333,8 @@ MODELS: dict[str, MethodConfig] = {
     "raft": replace(_RAFT, model=ModelConfig("raft")),
     "raft-small": replace(_RAFT, model=ModelConfig("raft-small")),
     **{name: MethodConfig(data=DataConfig(colour=True), model=ModelConfig(name))
-       for name in ("flownet-s", "flownet-c", "pwc-net", "gmflow")},
+       for name in ("flownet-s", "flownet-c", "pwc-net", "gmflow", "gmflow-refine")},
+    "flowformer": replace(_RAFT, model=ModelConfig("flowformer")),
 }
 
 #: Every named method: the classical presets and the networks.

@@ -90,7 +90,7 @@ def train(config: ExperimentConfig, workdir: str | Path, progress: bool = True) 
     log = MetricsLog(workdir, start, enabled=primary)
     data = TrainingData(config.data, config.seed, frame_channels(config.method.data), jax.process_index(),
                         jax.process_count())
-    estimator = FlowEstimator(config.method, seed=config.seed)
+    estimator = FlowEstimator(config.method, params=nnx.state(model, nnx.Param))  # no second initialisation
     sets = validation_sets(config)
     schedule = learning_rate(config.optim)
     total = config.optim.steps
@@ -98,9 +98,9 @@ def train(config: ExperimentConfig, workdir: str | Path, progress: bool = True) 
     try:
         bar = tqdm(total=total, initial=start, desc=workdir.name, unit="step", file=sys.stderr,
                    disable=None if progress and primary else True, dynamic_ncols=True)
-        batches = data.stream(start, total)
+        batches = data.stream(start, total, lambda batch: distributed.put_batch(batch, mesh))
         for step in range(start, total):
-            batch = distributed.put_batch(next(batches), mesh)
+            batch = next(batches)
             tick = time.perf_counter()
             if step == start:
                 compile_start = tick

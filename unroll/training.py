@@ -17,6 +17,7 @@ from unroll import distributed
 from unroll.config import choice
 from unroll.errors import InputError
 from unroll.losses import endpoint_error, sequence_loss
+from unroll.precision import float32_solution
 
 
 @dataclass(frozen=True)
@@ -99,7 +100,7 @@ def make_train_step(model: nnx.Module, config: OptimConfig,
         model = nnx.merge(graphdef, params, rest)
 
         def one(frame1, frame2, flow_gt, valid):
-            solution = model(frame1, frame2)
+            solution = float32_solution(model(frame1, frame2))  # the loss in float32 whatever the compute dtype
             trajectory = solution.flow if solution.trajectory is None else solution.trajectory
             return (sequence_loss(trajectory, flow_gt, valid, config.gamma, config.max_flow, config.loss_weights,
                                   config.loss),

@@ -12,12 +12,14 @@ from learned.nets import conv2d
 
 class InstanceNorm(nnx.Module):
     """Each channel to zero mean and unit (biased) variance over the image, as torch's
-    ``InstanceNorm2d(affine=False)``: no parameters."""
+    ``InstanceNorm2d(affine=False)``: no parameters. Computed in float32 (or float64) for
+    half-precision ``x``, returned in ``x``'s dtype."""
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        mean = x.mean(axis=(-3, -2), keepdims=True)
-        var = x.var(axis=(-3, -2), keepdims=True)
-        return (x - mean) / jnp.sqrt(var + 1e-5)
+        y = x.astype(jnp.promote_types(x.dtype, jnp.float32))
+        mean = y.mean(axis=(-3, -2), keepdims=True)
+        var = y.var(axis=(-3, -2), keepdims=True)
+        return ((y - mean) / jnp.sqrt(var + 1e-5)).astype(x.dtype)
 
 
 class FrozenBatchNorm(nnx.Module):
@@ -118,11 +120,12 @@ def _stem(conv: nnx.Conv, x: jax.Array) -> jax.Array:
     stems a tenth of raft-small's forward time."""
     if conv.out_features != 32 or jax.default_backend() != "cpu":
         return conv(x)
-    lead, image = x.shape[:-3], x.reshape((-1,) + x.shape[-3:])
-    halves = [jax.lax.conv_general_dilated(image, conv.kernel[..., half], conv.strides, conv.padding,
+    dtype = conv.dtype or jnp.result_type(x, conv.kernel[...])  # the conv's compute dtype, as conv(x) casts
+    lead, image = x.shape[:-3], x.reshape((-1,) + x.shape[-3:]).astype(dtype)
+    halves = [jax.lax.conv_general_dilated(image, conv.kernel[..., half].astype(dtype), conv.strides, conv.padding,
                                            dimension_numbers=("NHWC", "HWIO", "NHWC"))
               for half in (slice(0, 16), slice(16, 32))]
-    y = jnp.concatenate(halves, -1) + (0.0 if conv.bias is None else conv.bias[...])
+    y = jnp.concatenate(halves, -1) + (0.0 if conv.bias is None else conv.bias[...].astype(dtype))
     return y.reshape(lead + y.shape[1:])
 
 
@@ -130,22 +133,23 @@ class Encoder(nnx.Module):
     """torchvision's ``FeatureEncoder``: ``(..., h, w, in_channels) -> (..., ceil(h / 8), ceil(w / 8), widths[4])``.
 
     A 7x7 stride-2 conv-norm-ReLU stem to ``widths[0]``, then three stages of two ``block``s
-    ("residual" or "bottleneck") to ``widths[1..3]`` (the first block of the last two strided), then
-    a 1x1 convolution to ``widths[4]``. ``bias=False`` drops the biases of the stem and the blocks'
-    convolutions (GMFlow's backbone); the shortcut projections and the head keep theirs.
+    ("residual" or "bottleneck") to ``widths[1..3]`` (the first block of each stage strided by
+    ``strides``: 1, 2, 2), then a 1x1 convolution to ``widths[4]``. ``bias=False`` drops the biases of
+    the stem and the blocks' convolutions (GMFlow's backbone); the shortcut projections and the head
+    keep theirs. ``strides=(1, 2, 1)`` stops at 1/4 (GMFlow with refinement).
     """
 
     def __init__(self, block: str, widths: tuple[int, ...], norm: str, *, rngs: nnx.Rngs, in_channels: int = 3,
-                 bias: bool = True):
+                 bias: bool = True, strides: tuple[int, int, int] = (1, 2, 2)):
         if block not in BLOCKS or len(widths) != 5:
             raise ValueError(f"need block in {sorted(BLOCKS)} and 5 widths, got {block!r} and {widths}")
         make = lambda a, b, stride: BLOCKS[block](a, b, stride, norm, rngs=rngs, bias=bias)
         stage = lambda a, b, stride: nnx.List([make(a, b, stride), make(b, b, 1)])
         self.stem_conv = conv2d(in_channels, widths[0], 7, stride=2, bias=bias, rngs=rngs)
         self.stem_norm = _norm(norm, widths[0])
-        self.layer1 = stage(widths[0], widths[1], 1)
-        self.layer2 = stage(widths[1], widths[2], 2)
-        self.layer3 = stage(widths[2], widths[3], 2)
+        self.layer1 = stage(widths[0], widths[1], strides[0])
+        self.layer2 = stage(widths[1], widths[2], strides[1])
+        self.layer3 = stage(widths[2], widths[3], strides[2])
         self.head = conv2d(widths[3], widths[4], 1, rngs=rngs)
 
     def __call__(self, x: jax.Array) -> jax.Array:

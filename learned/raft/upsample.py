@@ -12,10 +12,11 @@ def convex_upsample(flow: jax.Array, mask: jax.Array, factor: int = 8) -> jax.Ar
 
     Mask channel ``k * factor**2 + a * factor + b`` weighs the 3x3 neighbour ``k = 3 * ky + kx``
     (zero outside the image) for output pixel ``(factor * y + a, factor * x + b)``; the weights are
-    a softmax over ``k``, and the flow is scaled by ``factor``.
+    a softmax over ``k`` (in float32 for half-precision logits), and the flow is scaled by ``factor``.
     """
     *lead, h, w, _ = flow.shape
-    weights = jax.nn.softmax(mask.reshape(*lead, h, w, 9, factor, factor), axis=-3)
+    logits = mask.astype(jnp.promote_types(mask.dtype, jnp.float32))
+    weights = jax.nn.softmax(logits.reshape(*lead, h, w, 9, factor, factor), axis=-3)
     padded = jnp.pad(factor * flow, [(0, 0)] * len(lead) + [(1, 1), (1, 1), (0, 0)])
     neighbours = jnp.stack([padded[..., ky:ky + h, kx:kx + w, :] for ky in range(3) for kx in range(3)], -2)
     up = jnp.einsum("...kab,...kc->...abc", weights, neighbours)  # (..., h, w, factor, factor, 2)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import collections
 import concurrent.futures
 from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 
@@ -31,7 +32,8 @@ class TrainDataConfig:
 
     ``source``: ``synthetic`` (the procedural generator, ``synthetic`` section) or a dataset
     format read from ``path`` (its training split) and augmented by the ``augment`` section.
-    ``batch_size``: pairs per step. ``prefetch``: batches prepared ahead in a background thread.
+    ``batch_size``: pairs per step. ``prefetch``: batches prepared ahead in a background thread
+    (and, in training, already copied to the devices).
     """
 
     source: str = choice("synthetic", "synthetic", *FORMATS)
@@ -104,11 +106,18 @@ class TrainingData:
             raise InputError(f"data: samples of one batch differ in size {sorted(shapes)}; set data.augment.crop")
         return {key: np.stack([item[key] for item in items]) for key in items[0]}
 
-    def stream(self, start: int, stop: int):
-        """Yields batches ``start .. stop - 1`` in order, ``config.prefetch`` of them prepared ahead."""
+    def stream(self, start: int, stop: int, place: Callable[[dict], dict] | None = None):
+        """Yields batches ``start .. stop - 1`` in order, ``config.prefetch`` of them prepared ahead
+        in a background thread, each passed through ``place`` there (e.g. the host-to-device copy
+        ``unroll.distributed.put_batch``, so that the devices need not wait for it)."""
+
+        def prepare(step: int) -> dict:
+            batch = self.batch(step)
+            return batch if place is None else place(batch)
+
         with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="unroll-data") as pool:
             pending = collections.deque()
             for step in range(start, stop):
                 while len(pending) <= self.config.prefetch and step + len(pending) < stop:
-                    pending.append(pool.submit(self.batch, step + len(pending)))
+                    pending.append(pool.submit(prepare, step + len(pending)))
                 yield pending.popleft().result()
