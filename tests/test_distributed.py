@@ -66,11 +66,13 @@ STEP = """
     method = override(preset("tv-l1"), ["pyramid.levels=1", "pyramid.warps=1", "pyramid.median_size=0",
                                         "solver.num_iters=2", "step.learned=sizes", "smoothness.learned=true"])
     batch = jax.device_get(translation_batch(n=4))
-    runs = {"plain": (None, 1), "one": (distributed.mesh(jax.devices()[:1]), 1),
-            "four": (distributed.mesh(), 1), "two_accumulate": (distributed.mesh(jax.devices()[:2]), 2)}
+    runs = {"plain": (None, 1, False), "one": (distributed.mesh(jax.devices()[:1]), 1, False),
+            "four": (distributed.mesh(), 1, False), "two_accumulate": (distributed.mesh(jax.devices()[:2]), 2, False),
+            "four_sharded_state": (distributed.mesh(), 1, True)}
     out = {}
-    for name, (mesh, accumulate) in runs.items():
-        optim = OptimConfig(steps=10, learning_rate=1e-2, schedule="constant", accumulate=accumulate)
+    for name, (mesh, accumulate, shard_state) in runs.items():
+        optim = OptimConfig(steps=10, learning_rate=1e-2, schedule="constant", accumulate=accumulate,
+                            shard_state=shard_state)
         step, params, opt_state = make_train_step(build(method, keep_trajectory=True), optim, mesh)
         for k in range(2):
             placed = batch if mesh is None else distributed.put_batch(batch, mesh)
@@ -80,6 +82,10 @@ STEP = """
             assert all(leaf.sharding.is_fully_replicated and len(leaf.sharding.device_set) == 4
                        for leaf in jax.tree.leaves((params, opt_state)))
             assert [s.data.shape[0] for s in placed["frame1"].addressable_shards] == [1, 1, 1, 1]
+        if name == "four_sharded_state":  # Adam's moments of the 16-channel kernels in quarters
+            assert all(leaf.sharding.is_fully_replicated for leaf in jax.tree.leaves(params))
+            split = [leaf for leaf in jax.tree.leaves(opt_state) if not leaf.sharding.is_fully_replicated]
+            assert split and all(s.data.size * 4 == leaf.size for leaf in split for s in leaf.addressable_shards)
         out |= {f"{name}/{path}": np.asarray(leaf) for path, leaf in nnx.to_flat_state(params)}
     np.savez(sys.argv[1], **out)
 """
@@ -95,6 +101,8 @@ def test_a_step_on_four_devices_equals_the_step_on_one(tmp_path):
         # four devices, and two devices with two micro-batches each: the same up to rounding
         np.testing.assert_allclose(out[f"four/{key}"], value, rtol=1e-5, atol=1e-6, err_msg=key)
         np.testing.assert_allclose(out[f"two_accumulate/{key}"], value, rtol=1e-5, atol=1e-6, err_msg=key)
+        # and with the optimiser state split over the four devices
+        np.testing.assert_allclose(out[f"four_sharded_state/{key}"], value, rtol=1e-5, atol=1e-6, err_msg=key)
 
 
 def test_batch_size_must_split_over_devices_and_micro_batches(tmp_path):
@@ -140,6 +148,15 @@ def test_a_four_device_checkpoint_resumes_on_four_and_on_one_device(tmp_path):
     for key in whole:  # the same steps 4 to 6 on one device: equal up to rounding
         np.testing.assert_allclose(moved[key], whole[key], rtol=1e-5, atol=1e-6, err_msg=key)
     assert [r["step"] for r in read_log(one_resumed) if r["kind"] == "train"] == [1, 2, 3, 4, 5, 6]
+
+
+def test_a_run_with_split_optimiser_state_resumes_bit_for_bit(tmp_path):
+    run = RUN | {"optim": RUN["optim"] | {"shard_state": True}}
+    whole, resumed = tmp_path / "whole", tmp_path / "resumed"
+    _python(TRAIN, json.dumps(run), whole, resumed)
+    expected, again = _leaves(load_trained(whole)[1]), _leaves(load_trained(resumed)[1])
+    for key in expected:
+        np.testing.assert_array_equal(again[key], expected[key], err_msg=key)
 
 
 def test_process_slices_make_the_global_batch():

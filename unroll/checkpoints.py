@@ -72,9 +72,10 @@ class Checkpoints:
             progress=ocp.args.JsonSave(progress)))
 
     def restore(self, step: int, params: nnx.State, opt_state) -> tuple[nnx.State, object, dict]:
-        """Checkpoint ``step`` restored into the structures of ``params`` and ``opt_state``, as host
-        (numpy) arrays whatever devices wrote it: place them with ``unroll.distributed.replicate``."""
-        params, opt_state = jax.device_get((params, opt_state))
+        """Checkpoint ``step`` restored into the structures of ``params`` and ``opt_state`` (arrays
+        placed anyhow, even split over several processes' devices), as host (numpy) arrays whatever
+        devices wrote it: place them with ``jax.device_put``."""
+        params, opt_state = jax.tree.map(lambda x: np.zeros(x.shape, x.dtype), (params, opt_state))
         restored = self.manager.restore(step, args=ocp.args.Composite(
             params=ocp.args.StandardRestore(_pure(params)),
             opt_state=ocp.args.StandardRestore(opt_state),

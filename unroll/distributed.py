@@ -2,7 +2,8 @@
 
 One 1-D mesh, axis ``data``, over ``jax.devices()`` (every device of every process): a batch is
 split along its leading axis over it, the parameters and optimiser state are replicated on
-every device, and XLA adds the all-reduce of the gradients (``jax.jit`` with shardings, see
+every device (or the optimiser state split over them: ``state_sharding``), and XLA adds the
+all-reduce of the gradients (``jax.jit`` with shardings, see
 ``unroll.training.make_train_step``). With several processes (one per host, say), each process
 loads only its own slice of every batch (``TrainingData(..., process_index, process_count)``)
 and ``put_batch`` assembles the global batch from the slices; ``initialize`` joins the
@@ -77,6 +78,17 @@ def batch_sharding(mesh: Mesh) -> NamedSharding:
 def replicated(mesh: Mesh) -> NamedSharding:
     """Arrays copied whole to every device of the mesh."""
     return NamedSharding(mesh, PartitionSpec())
+
+
+def state_sharding(tree, mesh: Mesh, shard: bool = True):
+    """Per leaf of ``tree`` (arrays or shapes), where it lives: with ``shard``, split over the mesh
+    along its first axis that the device count divides (ZeRO stage 1 for optimiser state: each
+    device keeps and updates a slice); else, and for leaves with no such axis, replicated."""
+    def place(leaf) -> NamedSharding:
+        shape = tuple(getattr(leaf, "shape", ()))
+        axis = next((i for i, n in enumerate(shape) if n % mesh.size == 0), None) if shard else None
+        return NamedSharding(mesh, PartitionSpec(*(DATA_AXIS if i == axis else None for i in range(len(shape)))))
+    return jax.tree.map(place, tree)
 
 
 def replicate(tree, mesh: Mesh):

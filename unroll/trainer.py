@@ -85,8 +85,9 @@ def train(config: ExperimentConfig, workdir: str | Path, progress: bool = True) 
     start = latest or 0
     progress_state = {"step": 0, "data_position": 0, "seed": config.seed, "train_seconds": 0.0}
     if latest is not None:  # resume (step 0: start from imported weights, see start_from)
+        placement = jax.tree.map(lambda leaf: leaf.sharding, (params, opt_state))
         params, opt_state, progress_state = checkpoints.restore(latest, params, opt_state)
-        params, opt_state = distributed.replicate((params, opt_state), mesh)
+        params, opt_state = jax.device_put((params, opt_state), placement, may_alias=False)
     log = MetricsLog(workdir, start, enabled=primary)
     data = TrainingData(config.data, config.seed, frame_channels(config.method.data), jax.process_index(),
                         jax.process_count())
