@@ -53,6 +53,16 @@ class ConvGRU(nnx.Module):
         return (1 - z) * h + z * q
 
 
+def neighbours(x: jax.Array, radius: int) -> jax.Array:
+    """``(..., h, w, c)`` to ``(..., h, w, (2 r + 1)**2, c)``: the values at ``p + (dx, dy)`` for
+    ``dy``, then ``dx``, in ``-r .. r`` (row-major), zero outside the image (torch's ``unfold``
+    with zero padding)."""
+    h, w = x.shape[-3:-1]
+    padded = jnp.pad(x, [(0, 0)] * (x.ndim - 3) + [(radius, radius), (radius, radius), (0, 0)])
+    n = 2 * radius + 1
+    return jnp.stack([padded[..., i:i + h, j:j + w, :] for i in range(n) for j in range(n)], -2)
+
+
 def leaky_relu(x: jax.Array) -> jax.Array:
     """LeakyReLU with slope 0.1, FlowNet's and PWC-Net's activation."""
     return jax.nn.leaky_relu(x, 0.1)

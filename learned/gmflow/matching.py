@@ -13,6 +13,7 @@ from flax import nnx
 
 from learned.gmflow.transformer import linear
 from learned.local_correlation import local_correlation
+from learned.nets import neighbours
 from learned.raft.model import pixel_grid
 
 #: the scores of displacements that leave frame 2 in local matching (the reference's, not -inf)
@@ -40,15 +41,6 @@ def displacements(radius: int) -> np.ndarray:
     channel order of ``local_correlation`` and ``neighbours``."""
     d = np.arange(-radius, radius + 1, dtype=np.float32)
     return np.stack(np.meshgrid(d, d), -1).reshape(-1, 2)
-
-
-def neighbours(x: jax.Array, radius: int) -> jax.Array:
-    """``(h, w, c)`` to ``(h, w, (2 r + 1)**2, c)``: the values at ``p + d`` for the
-    ``displacements(r)`` ``d``, zero outside the image (torch's ``unfold`` with zero padding)."""
-    h, w = x.shape[:2]
-    padded = jnp.pad(x, ((radius, radius), (radius, radius), (0, 0)))
-    n = 2 * radius + 1
-    return jnp.stack([padded[i:i + h, j:j + w] for i in range(n) for j in range(n)], -2)
 
 
 def window_scores(features1: jax.Array, features2: jax.Array, radius: int) -> jax.Array:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from learned.nets import neighbours
+
 
 def convex_upsample(flow: jax.Array, mask: jax.Array, factor: int = 8) -> jax.Array:
     """Convex upsampling (RAFT section 3.3): ``flow (..., h, w, 2)`` and mask logits
@@ -17,9 +19,7 @@ def convex_upsample(flow: jax.Array, mask: jax.Array, factor: int = 8) -> jax.Ar
     *lead, h, w, _ = flow.shape
     logits = mask.astype(jnp.promote_types(mask.dtype, jnp.float32))
     weights = jax.nn.softmax(logits.reshape(*lead, h, w, 9, factor, factor), axis=-3)
-    padded = jnp.pad(factor * flow, [(0, 0)] * len(lead) + [(1, 1), (1, 1), (0, 0)])
-    neighbours = jnp.stack([padded[..., ky:ky + h, kx:kx + w, :] for ky in range(3) for kx in range(3)], -2)
-    up = jnp.einsum("...kab,...kc->...abc", weights, neighbours)  # (..., h, w, factor, factor, 2)
+    up = jnp.einsum("...kab,...kc->...abc", weights, neighbours(factor * flow, 1))  # (..., h, w, factor, factor, 2)
     up = jnp.moveaxis(up, -3, -4)  # (..., h, factor, w, factor, 2)
     return up.reshape(*lead, factor * h, factor * w, 2)
 
