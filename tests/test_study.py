@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import csv
 import io
+import json
+import statistics
 from pathlib import Path
 
 import imageio.v3 as iio
@@ -89,6 +91,27 @@ def test_study_writes_one_table_over_all_variants_and_reuses_finished_runs(tmp_p
     monkeypatch.setattr(study, "validate", no_training)
     assert main(["study", str(path), "--workdir", str(workdir), "--quiet"]) == 0
     assert capsys.readouterr().out == printed
+
+
+def test_over_seeds_each_learned_variant_trains_per_seed_and_the_table_gives_mean_and_spread(tmp_path, capsys):
+    path, workdir = _study_file(tmp_path), tmp_path / "runs"
+    assert main(["study", str(path), "--workdir", str(workdir), "--quiet", "--seeds", "3", "5"]) == 0
+    runs = list(csv.DictReader(io.StringIO((workdir / "study.csv").read_text())))
+    assert [(r["variant"], r["seed"]) for r in runs] == [("hs short", ""), ("hs + step sizes", "3"),
+                                                         ("hs + step sizes", "5")]
+    assert json.loads((workdir / "hs-+-step-sizes" / "seed-5" / "config.json").read_text())["seed"] == 5
+    epes = [float(r["synthetic_epe"]) for r in runs[1:]]
+    assert epes[0] != epes[1]  # the seed changes the training stream
+
+    table = capsys.readouterr().out.splitlines()
+    assert table[0].startswith("| variant | runs | params | train s | synthetic EPE |")
+    short, learned = (line.split(" | ") for line in table[2:])
+    assert short[1] == "1" and short[4] == f"{float(runs[0]['synthetic_epe']):.3f}"
+    assert learned[1] == "2"
+    assert learned[4] == f"{statistics.fmean(epes):.3f} ± {statistics.stdev(epes):.3f}"
+
+    with pytest.raises(ConfigError, match="repeat a seed"):
+        study.run_study(study.load_study(path), workdir, seeds=[1, 1])
 
 
 def test_the_lineage_study_file_lists_every_method():

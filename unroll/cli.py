@@ -151,7 +151,7 @@ def _show_config(args) -> None:
 def _compare(args, variants: dict, table: str) -> None:
     """Run the study ``variants``, print its table and say where the files went."""
     _enable_cache(args)
-    rows = run_study(variants, args.workdir, table, progress=not args.quiet)
+    rows = run_study(variants, args.workdir, table, progress=not args.quiet, seeds=args.seeds or ())
     print(markdown(rows), end="")
     print(f"tables and chart -> {os.path.join(args.workdir, table + '.{md,csv,png}')}", file=sys.stderr)
 
@@ -333,7 +333,8 @@ def _parser() -> argparse.ArgumentParser:
                     "table (EPE and px1/3/5 on the synthetic validation pairs and on the real sequences, "
                     "parameters, training seconds) and writes DIR/ablation.md, ablation.csv and a bar "
                     "chart ablation.png."),
-        epilog="example:\n  unroll ablate experiments/ablation_hs.toml --workdir runs/ablation")
+        epilog="examples:\n  unroll ablate experiments/ablation_hs.toml --workdir runs/ablation\n"
+               "  unroll ablate experiments/ablation_hs.toml --workdir runs/ablation --seeds 0 1 2")
     ablate.set_defaults(func=_ablate)
 
     study = commands.add_parser(
@@ -349,6 +350,10 @@ def _parser() -> argparse.ArgumentParser:
                     "DIR/study.md, study.csv and a bar chart study.png."),
         epilog="example:\n  unroll study experiments/lineage.toml --workdir runs/lineage")
     study.set_defaults(func=_study)
+    for comparing in (ablate, study):
+        comparing.add_argument("--seeds", type=int, nargs="+", metavar="SEED",
+                            help="train each variant once per seed (in DIR/<variant>/seed-<SEED>) and report "
+                                 "mean ± standard deviation over them (hand-tuned variants: evaluated once)")
 
     converting = commands.add_parser(
         "convert", formatter_class=formatter, help="import PyTorch RAFT weights",

@@ -4,7 +4,8 @@ A study is ``{name: ExperimentConfig}``. ``run_study`` trains each (or, for a me
 to learn, only evaluates it) in ``workdir/<name>``, so finished runs are reused and interrupted
 ones resume, and writes ``<table>.md``, ``<table>.csv`` and a bar chart ``<table>.png``: per
 variant the parameter count, training seconds, and per validation set the EPE, px1/3/5 and the
-mean flow time per pair (compilation excluded).
+mean flow time per pair (compilation excluded). Over several ``seeds`` each variant is trained once
+per seed and the table gives the mean and standard deviation of every number.
 
 Two kinds of study build on it: ``unroll ablate`` (``unroll.ablation``: one operator learned at a
 time) and ``unroll study`` (a file that lists its variants, see ``load_study``), e.g. the lineage
@@ -18,9 +19,11 @@ import io
 import json
 import os
 import re
+import statistics
 from pathlib import Path
+from typing import Sequence
 
-from unroll.config import ConfigError, read_file
+from unroll.config import ConfigError, override, read_file
 from unroll.estimator import FlowEstimator
 from unroll.experiment import ExperimentConfig, experiment
 from unroll.files import atomic_write_bytes
@@ -83,20 +86,59 @@ def run_variant(config: ExperimentConfig, workdir: Path, progress: bool = True) 
 
 
 def run_study(variants: dict[str, ExperimentConfig], workdir: str | Path, table: str = "study",
-              progress: bool = True) -> list[dict]:
-    """Run (or reuse) every variant, write ``workdir/<table>.{md,csv,png}`` and return the rows."""
+              progress: bool = True, seeds: Sequence[int] = ()) -> list[dict]:
+    """Run (or reuse) every variant, write ``workdir/<table>.{md,csv,png}`` and return the rows.
+
+    With ``seeds``, a variant with something to learn is trained once per seed (its ``seed``
+    replaced) in ``workdir/<name>/seed-<seed>``, and its row holds the mean over those runs of
+    every number, with the sample standard deviation of each metric as ``<key>_sd`` (the Markdown
+    shows ``mean ± sd``, the chart error bars, the CSV every run); a hand-tuned variant, whose
+    result does not depend on the seed, is evaluated once.
+    """
+    if len(set(seeds)) != len(seeds):
+        raise ConfigError(f"seeds {list(seeds)} repeat a seed")
     workdir = Path(workdir)
-    rows = []
+    runs = []
     for name, variant in variants.items():
-        result = run_variant(variant, workdir / folder(name), progress)
-        row = {"variant": name, "params": result["params"], "train_s": result["train_seconds"]}
-        for set_name, metrics in sorted(result["validation"].items()):
-            row |= {f"{set_name}_{k}": metrics[k] for k in METRICS}
-        rows.append(row)
+        for seed, config, run_dir in _runs(variant, workdir / folder(name), seeds):
+            result = run_variant(config, run_dir, progress)
+            row = {"variant": name} | ({"seed": seed} if seeds else {})
+            row |= {"params": result["params"], "train_s": result["train_seconds"]}
+            for set_name, metrics in sorted(result["validation"].items()):
+                row |= {f"{set_name}_{k}": metrics[k] for k in METRICS}
+            runs.append(row)
+    rows = _over_seeds(runs) if seeds else runs
     atomic_write_bytes(workdir / f"{table}.md", markdown(rows).encode())
-    atomic_write_bytes(workdir / f"{table}.csv", _csv(rows).encode())
+    atomic_write_bytes(workdir / f"{table}.csv", _csv(runs).encode())
     bar_chart(rows, workdir / f"{table}.png")
     return rows
+
+
+def _runs(variant: ExperimentConfig, run_dir: Path, seeds: Sequence[int]):
+    """``(seed, experiment, folder)`` of each run of ``variant`` (seed ``""``: the experiment's own)."""
+    if not seeds or count_params(variant.method) == 0:
+        return [("", variant, run_dir)]
+    return [(seed, override(variant, [f"seed={seed}"]), run_dir / f"seed-{seed}") for seed in seeds]
+
+
+def _over_seeds(runs: list[dict]) -> list[dict]:
+    """One row per variant: ``runs`` (how many), the mean of every number over its runs, and the
+    sample standard deviation ``<key>_sd`` of each metric where there are several runs."""
+    rows = {}
+    for run in runs:
+        rows.setdefault(run["variant"], []).append(run)
+    out = []
+    for name, group in rows.items():
+        row = {"variant": name, "runs": len(group)}
+        for key in group[0]:
+            if key in ("variant", "seed"):
+                continue
+            values = [run[key] for run in group]
+            row[key] = values[0] if key == "params" else statistics.fmean(values)
+            if len(values) > 1 and key.endswith(tuple("_" + m for m in METRICS)):
+                row[key + "_sd"] = statistics.stdev(values)
+        out.append(row)
+    return out
 
 
 def _split(key: str) -> tuple[str, str]:
@@ -106,15 +148,16 @@ def _split(key: str) -> tuple[str, str]:
 
 
 def _headings(rows: list[dict]) -> dict[str, str]:
-    names = {"variant": "variant", "params": "params", "train_s": "train s"}
+    names = {"variant": "variant", "runs": "runs", "params": "params", "train_s": "train s"}
+    names = {key: heading for key, heading in names.items() if key in rows[0]}
     for key in rows[0]:
-        if key not in names:
+        if key not in names and not key.endswith("_sd"):
             set_name, metric = _split(key)
             names[key] = f"{set_name} {METRICS[metric]}"
     return names
 
 
-def _cell(key: str, value) -> str:
+def _number(key: str, value) -> str:
     if isinstance(value, str):
         return value
     if isinstance(value, int):
@@ -122,12 +165,18 @@ def _cell(key: str, value) -> str:
     return f"{value:.3f}" if key.endswith(("_epe", "_time_s")) else f"{value:.1f}"
 
 
+def _cell(row: dict, key: str) -> str:
+    """``row[key]``, followed by ``± sd`` where the row has the key's standard deviation."""
+    sd = row.get(key + "_sd")
+    return _number(key, row[key]) + ("" if sd is None else " ± " + _number(key, sd))
+
+
 def markdown(rows: list[dict]) -> str:
     """The rows as a Markdown table (EPE in px, pxN = % of pixels with error over N px, time s =
-    mean seconds per pair)."""
+    mean seconds per pair; ``mean ± sd`` over the runs of a row where it has ``_sd`` keys)."""
     headings = _headings(rows)
     lines = ["| " + " | ".join(headings.values()) + " |", "|" + "---|" * len(headings)]
-    lines += ["| " + " | ".join(_cell(k, row[k]) for k in headings) + " |" for row in rows]
+    lines += ["| " + " | ".join(_cell(row, k) for k in headings) + " |" for row in rows]
     return "\n".join(lines) + "\n"
 
 
@@ -140,7 +189,8 @@ def _csv(rows: list[dict]) -> str:
 
 
 def bar_chart(rows: list[dict], path: Path) -> None:
-    """Grouped bars of each validation set's EPE per variant, written as a PNG."""
+    """Grouped bars of each validation set's EPE per variant (with ``_sd`` error bars where the
+    rows have them), written as a PNG."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -151,11 +201,13 @@ def bar_chart(rows: list[dict], path: Path) -> None:
     width = 0.8 / len(sets)
     for k, key in enumerate(sets):
         positions = [i + (k - (len(sets) - 1) / 2) * width for i in range(len(rows))]
-        bars = ax.bar(positions, [row[key] for row in rows], width, label=_split(key)[0])
+        spread = [row.get(key + "_sd", 0.0) for row in rows]
+        bars = ax.bar(positions, [row[key] for row in rows], width, label=_split(key)[0],
+                      yerr=spread if any(spread) else None, capsize=2)
         ax.bar_label(bars, fmt="%.2f", fontsize=7)
     ax.set_xticks(range(len(rows)), [row["variant"] for row in rows], rotation=20, ha="right")
     ax.set_ylabel("mean EPE (px)")
-    ax.set_ylim(0, 1.1 * max(row[key] for row in rows for key in sets))
+    ax.set_ylim(0, 1.1 * max(row[key] + row.get(key + "_sd", 0.0) for row in rows for key in sets))
     ax.legend(frameon=False, ncol=len(sets), loc="lower right", bbox_to_anchor=(1.0, 1.0))
     ax.spines[["top", "right"]].set_visible(False)
     fig.tight_layout()
