@@ -93,32 +93,38 @@ def run_study(variants: dict[str, ExperimentConfig], workdir: str | Path, table:
     replaced) in ``workdir/<name>/seed-<seed>``, and its row holds the mean over those runs of
     every number, with the sample standard deviation of each metric as ``<key>_sd`` (the Markdown
     shows ``mean ± sd``, the chart error bars, the CSV every run); a hand-tuned variant, whose
-    result does not depend on the seed, is evaluated once.
+    result does not depend on the seed, is evaluated once. The runs go seed by seed, so an
+    interrupted study has whole studies of its first seeds.
     """
     if len(set(seeds)) != len(seeds):
         raise ConfigError(f"seeds {list(seeds)} repeat a seed")
     workdir = Path(workdir)
-    runs = []
+    runs = sorted(_runs(variants, workdir, seeds), key=lambda run: 0 if run[1] == "" else seeds.index(run[1]))
+    results = {(name, seed): run_variant(config, run_dir, progress) for name, seed, config, run_dir in runs}
+    rows = []
+    for (name, seed), result in sorted(results.items(), key=lambda item: list(variants).index(item[0][0])):
+        row = {"variant": name} | ({"seed": seed} if seeds else {})
+        row |= {"params": result["params"], "train_s": result["train_seconds"]}
+        for set_name, metrics in sorted(result["validation"].items()):
+            row |= {f"{set_name}_{k}": metrics[k] for k in METRICS}
+        rows.append(row)
+    table_rows = _over_seeds(rows) if seeds else rows
+    atomic_write_bytes(workdir / f"{table}.md", markdown(table_rows).encode())
+    atomic_write_bytes(workdir / f"{table}.csv", _csv(rows).encode())
+    bar_chart(table_rows, workdir / f"{table}.png")
+    return table_rows
+
+
+def _runs(variants: dict[str, ExperimentConfig], workdir: Path, seeds: Sequence[int]):
+    """``(name, seed, experiment, folder)`` of every run, variant by variant (seed ``""``: the
+    experiment's own)."""
     for name, variant in variants.items():
-        for seed, config, run_dir in _runs(variant, workdir / folder(name), seeds):
-            result = run_variant(config, run_dir, progress)
-            row = {"variant": name} | ({"seed": seed} if seeds else {})
-            row |= {"params": result["params"], "train_s": result["train_seconds"]}
-            for set_name, metrics in sorted(result["validation"].items()):
-                row |= {f"{set_name}_{k}": metrics[k] for k in METRICS}
-            runs.append(row)
-    rows = _over_seeds(runs) if seeds else runs
-    atomic_write_bytes(workdir / f"{table}.md", markdown(rows).encode())
-    atomic_write_bytes(workdir / f"{table}.csv", _csv(runs).encode())
-    bar_chart(rows, workdir / f"{table}.png")
-    return rows
-
-
-def _runs(variant: ExperimentConfig, run_dir: Path, seeds: Sequence[int]):
-    """``(seed, experiment, folder)`` of each run of ``variant`` (seed ``""``: the experiment's own)."""
-    if not seeds or count_params(variant.method) == 0:
-        return [("", variant, run_dir)]
-    return [(seed, override(variant, [f"seed={seed}"]), run_dir / f"seed-{seed}") for seed in seeds]
+        run_dir = workdir / folder(name)
+        if not seeds or count_params(variant.method) == 0:
+            yield name, "", variant, run_dir
+        else:
+            for seed in seeds:
+                yield name, seed, override(variant, [f"seed={seed}"]), run_dir / f"seed-{seed}"
 
 
 def _over_seeds(runs: list[dict]) -> list[dict]:
