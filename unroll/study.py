@@ -99,10 +99,12 @@ def run_study(variants: dict[str, ExperimentConfig], workdir: str | Path, table:
     if len(set(seeds)) != len(seeds):
         raise ConfigError(f"seeds {list(seeds)} repeat a seed")
     workdir = Path(workdir)
-    runs = sorted(_runs(variants, workdir, seeds), key=lambda run: 0 if run[1] == "" else seeds.index(run[1]))
-    results = {(name, seed): run_variant(config, run_dir, progress) for name, seed, config, run_dir in runs}
+    runs = list(_runs(variants, workdir, seeds))
+    seed_by_seed = sorted(runs, key=lambda run: seeds.index(run[1]) if run[1] != "" else 0)
+    results = {(name, seed): run_variant(config, run_dir, progress) for name, seed, config, run_dir in seed_by_seed}
     rows = []
-    for (name, seed), result in sorted(results.items(), key=lambda item: list(variants).index(item[0][0])):
+    for name, seed, _, _ in runs:
+        result = results[name, seed]
         row = {"variant": name} | ({"seed": seed} if seeds else {})
         row |= {"params": result["params"], "train_s": result["train_seconds"]}
         for set_name, metrics in sorted(result["validation"].items()):
