@@ -11,7 +11,7 @@ from helpers import textured_pair
 from unroll.config import override
 from unroll.losses import sequence_loss
 from unroll.methods import build, preset
-from unroll.training import OptimConfig, make_train_step
+from unroll.training import OperatorRates, OptimConfig, make_train_step
 
 
 def test_sequence_loss_matches_numpy():
@@ -73,6 +73,23 @@ def test_network_learning_rate_scale_applies_to_network_weights_only():
     assert moved[0.0][0] == 0.0                                # frozen network
     np.testing.assert_allclose(moved[0.1][0], 1e-3, rtol=1e-3)  # a tenth of the rate
     np.testing.assert_allclose([moved[0.0][1], moved[0.1][1]], 1e-2, rtol=1e-3)  # step sizes: the full rate
+
+
+def test_operator_learning_rates_scale_their_operators_parameters_only():
+    config = override(preset("tv-l1"), ["pyramid.levels=2", "pyramid.warps=1", "pyramid.median_size=0",
+                                        "pyramid.learned_prefilter=true", "solver.num_iters=2",
+                                        "step.learned=sizes", "smoothness.learned=true"])
+    rates = OperatorRates(step=10.0, prefilter=0.0, smoothness=0.5)
+    step, params, opt_state = make_train_step(build(config, keep_trajectory=True),
+                                              OptimConfig(steps=1, learning_rate=1e-3, schedule="constant",
+                                                          weight_decay=0.0, operator_lr_scale=rates))
+    start = nnx.to_pure_dict(params)
+    end = nnx.to_pure_dict(step(params, opt_state, translation_batch())[0])  # Adam's first step: +-rate per leaf
+    moved = jax.tree.map(lambda a, b: np.abs(np.asarray(a) - np.asarray(b)).max(), end, start)
+    np.testing.assert_allclose(moved["solver"]["step"]["scales"], 1e-2, rtol=1e-3)
+    assert moved["prefilter"]["logits"] == 0.0
+    edge_net = jax.tree.leaves(moved["solver"]["energy"]["smoothness"])
+    np.testing.assert_allclose(max(edge_net), 5e-4, rtol=1e-3)
 
 
 def test_loss_weights_and_end_point_error_match_numpy():

@@ -21,6 +21,19 @@ from unroll.precision import float32_solution
 
 
 @dataclass(frozen=True)
+class OperatorRates:
+    """Learning rate of each operator's parameters relative to ``learning_rate``: the parameters
+    under the model's ``data``, ``smoothness``, ``step`` or ``prefilter`` module (RAFT's feature
+    encoder is its data term, its context encoder and GRU update its step). An operator the method
+    does not learn ignores its rate. Multiplies ``network_lr_scale`` on the networks' weights."""
+
+    data: float = 1.0
+    smoothness: float = 1.0
+    step: float = 1.0
+    prefilter: float = 1.0
+
+
+@dataclass(frozen=True)
 class OptimConfig:
     """AdamW with warm-up + one-cycle or cosine decay and global-norm clipping (RAFT's recipe)."""
 
@@ -39,6 +52,9 @@ class OptimConfig:
     network_lr_scale: float = 1.0
     """Learning rate of the networks' weights (convolution kernels and biases) relative to
     ``learning_rate``; the other parameters (step sizes, prefilter taps, ...) take it as is."""
+    operator_lr_scale: OperatorRates = OperatorRates()
+    """Per-operator factors on the learning rate, e.g. ``operator_lr_scale.step=10``: ten step
+    sizes want a larger rate than the thousands of weights of a CNN."""
     shard_state: bool = False
     """Split the optimiser state (Adam's moments) over the devices instead of copying it to each
     (ZeRO stage 1): less memory per device, the same steps; the parameters stay replicated."""
@@ -60,9 +76,12 @@ def learning_rate(config: OptimConfig) -> optax.Schedule:
 
 def optimizer(config: OptimConfig) -> optax.GradientTransformation:
     """The optax transformation described by ``config``."""
+    rates = config.operator_lr_scale
     return optax.chain(optax.clip_by_global_norm(config.clip),
                        optax.adamw(learning_rate(config), weight_decay=config.weight_decay, eps=1e-8),
-                       optax.masked(optax.scale(config.network_lr_scale), network_weights))
+                       optax.masked(optax.scale(config.network_lr_scale), network_weights),
+                       *(optax.masked(optax.scale(getattr(rates, name)), operator_parameters(name))
+                         for name in OPERATORS if getattr(rates, name) != 1.0))
 
 
 def network_weights(params):
@@ -70,6 +89,18 @@ def network_weights(params):
     def mark(path, _):
         return any(getattr(key, "key", None) in ("kernel", "bias") for key in path)
     return jax.tree_util.tree_map_with_path(mark, params)
+
+
+#: The operators whose learning rates `OperatorRates` sets, by the name of their module.
+OPERATORS = ("data", "smoothness", "step", "prefilter")
+
+
+def operator_parameters(name: str) -> Callable:
+    """A mask function: True at the leaves of ``params`` under a module named ``name``."""
+    def mask(params):
+        return jax.tree_util.tree_map_with_path(lambda path, _: any(getattr(key, "key", None) == name
+                                                                    for key in path), params)
+    return mask
 
 
 def check_batch_size(batch_size: int, devices: int, accumulate: int) -> None:
