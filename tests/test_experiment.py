@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
+from unroll.ablation import variants
 from unroll.config import ConfigError, to_dict
 from unroll.experiment import experiment, load_experiment
 from unroll.methods import preset
+from unroll.study import load_study
 from unroll.training import OptimConfig
 
 EXAMPLE = """
@@ -137,3 +140,17 @@ def test_a_network_base_brings_its_papers_training_recipe():
     assert experiment({"base": "gmflow"}).optim.gamma == 0.9
     assert experiment({"base": "raft"}).optim == OptimConfig()
     assert experiment({"base": "flownet-s"}, ["optim.learning_rate=3e-5"]).optim.loss == "epe"
+
+
+
+@pytest.mark.parametrize("name", ["ablation_hs", "hybrid_hs", "raft_small", "lineage"])
+def test_shipped_experiment_files_load(name):
+    path = Path(__file__).resolve().parent.parent / "experiments" / f"{name}.toml"
+    if name == "lineage":
+        assert len(load_study(path)) == 16
+    elif name == "ablation_hs":
+        configs = variants(load_experiment(path))
+        assert len(configs) == 6
+        assert {c.optim.operator_lr_scale.step for c in configs.values()} == {10.0}
+    else:
+        assert load_experiment(path).base in ("horn-schunck", "raft-small")
