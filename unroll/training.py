@@ -4,7 +4,7 @@ data-parallel over a mesh (``unroll.distributed``), with optional gradient accum
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Callable
 
 import jax
@@ -80,8 +80,8 @@ def optimizer(config: OptimConfig) -> optax.GradientTransformation:
     return optax.chain(optax.clip_by_global_norm(config.clip),
                        optax.adamw(learning_rate(config), weight_decay=config.weight_decay, eps=1e-8),
                        optax.masked(optax.scale(config.network_lr_scale), network_weights),
-                       *(optax.masked(optax.scale(getattr(rates, name)), operator_parameters(name))
-                         for name in OPERATORS if getattr(rates, name) != 1.0))
+                       *(optax.masked(optax.scale(getattr(rates, field.name)), operator_parameters(field.name))
+                         for field in fields(rates) if getattr(rates, field.name) != 1.0))
 
 
 def network_weights(params):
@@ -89,10 +89,6 @@ def network_weights(params):
     def mark(path, _):
         return any(getattr(key, "key", None) in ("kernel", "bias") for key in path)
     return jax.tree_util.tree_map_with_path(mark, params)
-
-
-#: The operators whose learning rates `OperatorRates` sets, by the name of their module.
-OPERATORS = ("data", "smoothness", "step", "prefilter")
 
 
 def operator_parameters(name: str) -> Callable:
