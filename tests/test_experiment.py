@@ -142,7 +142,6 @@ def test_a_network_base_brings_its_papers_training_recipe():
     assert experiment({"base": "flownet-s"}, ["optim.learning_rate=3e-5"]).optim.loss == "epe"
 
 
-
 @pytest.mark.parametrize("name", ["ablation_hs", "hybrid_hs", "raft_small", "lineage"])
 def test_shipped_experiment_files_load(name):
     path = Path(__file__).resolve().parent.parent / "experiments" / f"{name}.toml"

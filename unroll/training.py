@@ -80,23 +80,21 @@ def optimizer(config: OptimConfig) -> optax.GradientTransformation:
     return optax.chain(optax.clip_by_global_norm(config.clip),
                        optax.adamw(learning_rate(config), weight_decay=config.weight_decay, eps=1e-8),
                        optax.masked(optax.scale(config.network_lr_scale), network_weights),
-                       *(optax.masked(optax.scale(getattr(rates, field.name)), operator_parameters(field.name))
+                       *(optax.masked(optax.scale(getattr(rates, field.name)), parameters_named(field.name))
                          for field in fields(rates) if getattr(rates, field.name) != 1.0))
 
 
-def network_weights(params):
-    """The pytree of ``params`` with True at the networks' weights: leaves named ``kernel`` or ``bias``."""
-    def mark(path, _):
-        return any(getattr(key, "key", None) in ("kernel", "bias") for key in path)
-    return jax.tree_util.tree_map_with_path(mark, params)
-
-
-def operator_parameters(name: str) -> Callable:
-    """A mask function: True at the leaves of ``params`` under a module named ``name``."""
+def parameters_named(*names: str) -> Callable:
+    """A mask function: ``params`` -> the same pytree with True at the leaves whose path holds one
+    of ``names`` (a module's attribute or a leaf's name)."""
     def mask(params):
-        return jax.tree_util.tree_map_with_path(lambda path, _: any(getattr(key, "key", None) == name
-                                                                    for key in path), params)
+        return jax.tree_util.tree_map_with_path(
+            lambda path, _: any(getattr(key, "key", None) in names for key in path), params)
     return mask
+
+
+#: The mask of the networks' weights: leaves named ``kernel`` or ``bias``.
+network_weights = parameters_named("kernel", "bias")
 
 
 def check_batch_size(batch_size: int, devices: int, accumulate: int) -> None:
