@@ -4,7 +4,7 @@ data-parallel over a mesh (``unroll.distributed``), with optional gradient accum
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import asdict, dataclass
 from typing import Callable
 
 import jax
@@ -76,12 +76,11 @@ def learning_rate(config: OptimConfig) -> optax.Schedule:
 
 def optimizer(config: OptimConfig) -> optax.GradientTransformation:
     """The optax transformation described by ``config``."""
-    rates = config.operator_lr_scale
     return optax.chain(optax.clip_by_global_norm(config.clip),
                        optax.adamw(learning_rate(config), weight_decay=config.weight_decay, eps=1e-8),
                        optax.masked(optax.scale(config.network_lr_scale), network_weights),
-                       *(optax.masked(optax.scale(getattr(rates, field.name)), parameters_named(field.name))
-                         for field in fields(rates) if getattr(rates, field.name) != 1.0))
+                       *(optax.masked(optax.scale(rate), parameters_named(name))
+                         for name, rate in asdict(config.operator_lr_scale).items() if rate != 1.0))
 
 
 def parameters_named(*names: str) -> Callable:
